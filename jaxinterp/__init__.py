@@ -1,0 +1,48 @@
+"""jaxinterp: explain what a medical-image classifier learned, as anatomy.
+
+A conditional-convolution simulator warps a control's image until the classifier calls it
+diseased (and a patient's back); the log Jacobian determinant of the warp says where tissue
+grew or shrank. Conventions (channels-last arrays, voxel-unit pull-back displacement fields,
+the sign of the log volume change) are stated in ``jaxinterp.warp`` and
+``jaxinterp.jacobian``.
+"""
+
+from jaxinterp import losses, nn
+from jaxinterp.jacobian import (
+    displacement_jacobian,
+    folding_fraction,
+    jacobian_determinant,
+    log_volume_change,
+)
+from jaxinterp.losses import (
+    INJECT,
+    REMOVE,
+    bce_shift_loss,
+    cycle_loss,
+    logit_shift_loss,
+    smoothness_loss,
+)
+from jaxinterp.metrics import ncc
+from jaxinterp.warp import compose, identity_grid, integrate_velocity, warp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "INJECT",
+    "REMOVE",
+    "bce_shift_loss",
+    "compose",
+    "cycle_loss",
+    "displacement_jacobian",
+    "folding_fraction",
+    "identity_grid",
+    "integrate_velocity",
+    "jacobian_determinant",
+    "log_volume_change",
+    "logit_shift_loss",
+    "losses",
+    "ncc",
+    "nn",
+    "smoothness_loss",
+    "warp",
+]

@@ -1,0 +1,189 @@
+"""The simulator G(image, task): one conditional-convolution U-Net for both tasks.
+
+Architecture (SPEC section 5; the authors' ``Convnet_SkipConnection`` generalised to any
+depth and to 2D). With encoder widths ``f_0 .. f_{L-1}``:
+
+* encoder: ``d_0 = conv(x)``; ``d_i = conv(maxpool(act(BN(d_{i-1}))))``;
+* bottleneck: flatten ``d_{L-1}`` in ``(C, *spatial)`` order -> Dense(``bottleneck``) ->
+  append the task code -> ReLU -> Dense back to the flat size -> reshape;
+* decoder, skips ADDED: ``u_{L-1} = conv(z) + d_{L-1}``; going up one level,
+  ``u_{i-1} = up(act(BN(conv(u_i)))) + d_{i-1}`` where the conv is present only when the
+  channel counts differ (the original's ``up1_noconv``); ``up`` is nearest x2;
+* output: ``conv(u_0)`` to ``ndim`` channels (a displacement or velocity field, voxel units,
+  channel ``k`` = axis ``k``) or to the image's channels (the 2D paper's direct output).
+
+Every conv is a ``CondConv`` routed by the task, except in the paper's ablation
+(``separate_networks=True``): two plain-conv U-Nets, one per task.
+
+Task codes in the API are always ``0`` = inject disease, ``1`` = remove it; the numbers the
+network sees are ``SimulatorConfig.task_codes`` (the original code used -1 and +1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.nn.condconv import CondConv
+from jaxinterp.warp import integrate_velocity, warp
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+    """Architecture of ``Simulator``."""
+
+    ndim: int = 3  # spatial dimensions (2 or 3)
+    features: tuple[int, ...] = (16, 32, 64, 16, 16)  # encoder widths, one level each
+    bottleneck: int = 512  # width of the dense bottleneck
+    output: Literal["displacement", "velocity", "image"] = "displacement"
+    integration_steps: int = 7  # scaling-and-squaring steps when output == "velocity"
+    num_experts: int = 3  # CondConv experts K
+    routing_dropout: float = 0.1  # CondConv routing dropout (training only)
+    condconv_bias: Literal["shared", "mixed"] = "shared"  # original: one bias for all experts
+    condconv_implementation: Literal["experts", "per_example"] = "experts"
+    separate_networks: bool = False  # ablation: two plain-conv networks, one per task
+    batch_norm: bool = True  # BatchNorm in the encoder and decoder stacks
+    negative_slope: float = 0.1  # LeakyReLU slope
+    task_codes: tuple[float, float] = (0.0, 1.0)  # numbers fed to the net for inject, remove
+    warp_mode: Literal["zeros", "edge"] = "zeros"  # what the warp reads outside the volume
+
+    @classmethod
+    def paper_2d(cls) -> SimulatorConfig:
+        """Synthetic 2D experiment: widths 1, 2, 4, 8, bottleneck 64, outputs the image."""
+        return cls(ndim=2, features=(1, 2, 4, 8), bottleneck=64, output="image")
+
+    @classmethod
+    def paper_3d(cls) -> SimulatorConfig:
+        """The paper's 3D simulator: widths 16, 32, 64, 16, 16, bottleneck 512, a field."""
+        return cls()
+
+    @classmethod
+    def original(cls) -> SimulatorConfig:
+        """The authors' code layer for layer (1,680,066 parameters at 64^3), codes -1/+1."""
+        return cls(task_codes=(-1.0, 1.0))
+
+
+class SimulatorOutput(NamedTuple):
+    image: jax.Array  # the simulated image, (N, *spatial, C)
+    displacement: jax.Array | None  # the pull-back field (N, *spatial, ndim); None for images
+
+
+def _upsample(x: jax.Array) -> jax.Array:
+    for axis in range(1, x.ndim - 1):
+        x = jnp.repeat(x, 2, axis=axis)
+    return x
+
+
+class UNet(nn.Module):
+    """One conditional (or plain) conv U-Net; returns the raw output map."""
+
+    config: SimulatorConfig
+    out_channels: int
+    conditional: bool = True  # CondConv layers; False = plain convolutions
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, code: jax.Array, *, train: bool = False) -> jax.Array:
+        cfg = self.config
+        nd = cfg.ndim
+        widths = cfg.features
+        levels = len(widths)
+        scale = 2 ** (levels - 1)
+        if x.ndim != nd + 2 or any(s % scale for s in x.shape[1:-1]):
+            raise ValueError(
+                f"Simulator({nd}D, {levels} levels) expects (N, *spatial, C) with {nd} spatial "
+                f"axes divisible by {scale}, got shape {x.shape}"
+            )
+
+        def conv(features: int, name: str, h: jax.Array) -> jax.Array:
+            if self.conditional:
+                layer = CondConv(
+                    features,
+                    num_experts=cfg.num_experts,
+                    routing_dropout=cfg.routing_dropout,
+                    bias=cfg.condconv_bias,
+                    implementation=cfg.condconv_implementation,
+                    dtype=self.dtype,
+                    name=name,
+                )
+                return layer(h, code, deterministic=not train)
+            return nn.Conv(features, (3,) * nd, padding="SAME", dtype=self.dtype, name=name)(h)
+
+        def norm_act(name: str, h: jax.Array) -> jax.Array:
+            if cfg.batch_norm:
+                h = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=self.dtype,
+                    name=name,
+                )(h)
+            return nn.leaky_relu(h, cfg.negative_slope)
+
+        pool = functools.partial(nn.max_pool, window_shape=(2,) * nd, strides=(2,) * nd)
+
+        skips = [conv(widths[0], "enc0", x)]
+        for i in range(1, levels):
+            h = pool(norm_act(f"enc{i}_bn", skips[-1]))
+            skips.append(conv(widths[i], f"enc{i}", h))
+
+        bottom = skips[-1]
+        n = bottom.shape[0]
+        channels_first = jnp.moveaxis(bottom, -1, 1)
+        flat = channels_first.reshape(n, -1)
+        z = nn.Dense(cfg.bottleneck, dtype=self.dtype, name="bottleneck_in")(flat)
+        z = jnp.concatenate([z, code[:, None].astype(z.dtype)], axis=-1)
+        z = nn.relu(z)
+        z = nn.Dense(flat.shape[-1], dtype=self.dtype, name="bottleneck_out")(z)
+        z = jnp.moveaxis(z.reshape(channels_first.shape), 1, -1)
+
+        u = conv(widths[-1], f"dec{levels - 1}", z) + skips[-1]
+        for i in range(levels - 1, 0, -1):
+            h = u
+            if h.shape[-1] != widths[i - 1]:
+                h = conv(widths[i - 1], f"dec{i - 1}", h)
+            u = _upsample(norm_act(f"dec{i - 1}_bn", h)) + skips[i - 1]
+        return conv(self.out_channels, "output", u).astype(jnp.float32)
+
+
+class Simulator(nn.Module):
+    """G(image, task) -> ``SimulatorOutput(image, displacement)``.
+
+    ``task`` is ``(N,)`` (or a scalar) of codes 0 = inject disease, 1 = remove it. For a
+    field output the simulated image is ``warp(x, displacement)`` (pull-back, voxel units);
+    a ``"velocity"`` output is integrated by scaling and squaring first, so the warp cannot
+    fold. For an ``"image"`` output (the 2D paper) the network's output is the simulated
+    image and ``displacement`` is None.
+    """
+
+    config: SimulatorConfig
+    dtype: Any = None  # compute dtype of convs and dense layers (e.g. jnp.bfloat16)
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, task: jax.Array, *, train: bool = False
+    ) -> SimulatorOutput:
+        cfg = self.config
+        task = jnp.broadcast_to(jnp.asarray(task), (x.shape[0],))
+        code = jnp.where(task == 0, cfg.task_codes[0], cfg.task_codes[1]).astype(jnp.float32)
+        out_channels = x.shape[-1] if cfg.output == "image" else cfg.ndim
+        make = functools.partial(UNet, cfg, out_channels, dtype=self.dtype)
+        if cfg.separate_networks:
+            inject = make(conditional=False, name="inject_net")(x, code, train=train)
+            remove = make(conditional=False, name="remove_net")(x, code, train=train)
+            select = (task == 0).reshape(-1, *(1,) * (x.ndim - 1))
+            out = jnp.where(select, inject, remove)
+        else:
+            out = make(name="net")(x, code, train=train)
+
+        if cfg.output == "image":
+            return SimulatorOutput(out.astype(x.dtype), None)
+        field = out
+        if cfg.output == "velocity":
+            field = integrate_velocity(field, steps=cfg.integration_steps)
+        return SimulatorOutput(warp(x, field, mode=cfg.warp_mode), field)

@@ -1,0 +1,145 @@
+"""Simulator and classifier: shapes, parameter counts, the original layout, ablations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxinterp as ji
+from jaxinterp.nn import Classifier, ClassifierConfig, Simulator, SimulatorConfig
+
+
+def _count(tree):
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(tree)))
+
+
+def _init_shapes(model, *args):
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    return jax.eval_shape(lambda *a: model.init(rngs, *a), *args)
+
+
+def test_original_parameter_counts():
+    x = jax.ShapeDtypeStruct((1, 64, 64, 64, 1), jnp.float32)
+    sim = _init_shapes(Simulator(SimulatorConfig.original()), x, jnp.zeros(1))
+    clf = _init_shapes(Classifier(ClassifierConfig.original()), x)
+    assert _count(sim["params"]) == 1_680_066
+    assert _count(clf["params"]) == 163_249
+
+
+def test_original_simulator_layer_names():
+    x = jax.ShapeDtypeStruct((1, 64, 64, 64, 1), jnp.float32)
+    params = _init_shapes(Simulator(SimulatorConfig.original()), x, jnp.zeros(1))["params"]["net"]
+    # enc0 = input.conv; enc{i}_bn, enc{i} = down{i}; dec4 = up_input; dec3_bn = up1_noconv
+    # (no conv: 16 -> 16 channels); dec{2,1,0} = up{2,3,4}; output.
+    assert set(params) == {
+        "enc0", "enc1", "enc2", "enc3", "enc4", "enc1_bn", "enc2_bn", "enc3_bn", "enc4_bn",
+        "bottleneck_in", "bottleneck_out", "dec4", "dec3_bn", "dec2", "dec2_bn", "dec1",
+        "dec1_bn", "dec0", "dec0_bn", "output",
+    }  # fmt: skip
+    assert params["enc2"]["kernel"].shape == (3, 3, 3, 3, 32, 64)
+    assert params["enc2"]["bias"].shape == (64,)
+    assert params["enc2"]["routing"]["kernel"].shape == (33, 3)
+    assert params["bottleneck_out"]["kernel"].shape == (513, 1024)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_3d_shapes(size):
+    x = jnp.zeros((2, size, size, size, 1))
+    cfg = SimulatorConfig(features=(4, 8, 8), bottleneck=16) if size < 64 else SimulatorConfig.paper_3d()
+    out = jax.eval_shape(lambda: Simulator(cfg).init_with_output({"params": jax.random.key(0)}, x, jnp.zeros(2)))[0]
+    assert out.image.shape == x.shape
+    assert out.displacement.shape == (2, size, size, size, 3)
+    logits = jax.eval_shape(lambda: Classifier(ClassifierConfig.original()).init_with_output(jax.random.key(0), x))[0]
+    assert logits.shape == (2,)
+
+
+def test_2d_paper_shapes_and_image_output():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 1)), jnp.float32)
+    sim = Simulator(SimulatorConfig.paper_2d())
+    v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(3))
+    out = sim.apply(v, x, jnp.array([0, 1, 0]))
+    assert out.image.shape == x.shape and out.displacement is None
+    clf = Classifier(ClassifierConfig.paper_2d())
+    cv = clf.init(jax.random.key(1), x)
+    assert clf.apply(cv, x).shape == (3,)
+    assert clf.apply(cv, x, method=Classifier.features).shape == (3, 8, 8, 8)
+
+
+def _small_3d(**kw):
+    return SimulatorConfig(features=(4, 8, 8), bottleneck=16, **kw)
+
+
+def test_displacement_output_is_warp_of_input():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    sim = Simulator(_small_3d())
+    v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    out = sim.apply(v, x, jnp.array([0, 1]))
+    np.testing.assert_allclose(np.asarray(out.image), np.asarray(ji.warp(x, out.displacement)), atol=1e-6)
+
+
+def test_velocity_output_is_integrated():
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 16, 16, 16, 1)), jnp.float32)
+    vel = Simulator(_small_3d(output="velocity", integration_steps=4))
+    raw = Simulator(_small_3d(output="displacement"))
+    v = vel.init({"params": jax.random.key(0)}, x, jnp.zeros(1))
+    field = raw.apply(v, x, jnp.zeros(1)).displacement  # same params: the raw velocity
+    out = vel.apply(v, x, jnp.zeros(1))
+    np.testing.assert_allclose(
+        np.asarray(out.displacement), np.asarray(ji.integrate_velocity(field, steps=4)), atol=1e-5
+    )
+
+
+def test_task_routes_the_one_network():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    sim = Simulator(_small_3d())
+    v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    a = sim.apply(v, x, jnp.zeros(2)).displacement
+    b = sim.apply(v, x, jnp.ones(2)).displacement
+    assert float(jnp.abs(a - b).max()) > 1e-4
+    mixed = sim.apply(v, x, jnp.array([0, 1])).displacement
+    # Routing is per example; BatchNorm in inference mode does not mix examples.
+    np.testing.assert_allclose(np.asarray(mixed[0]), np.asarray(a[0]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(mixed[1]), np.asarray(b[1]), atol=1e-5)
+
+
+def test_separate_networks_ablation():
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    sim = Simulator(_small_3d(separate_networks=True))
+    v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    assert set(v["params"]) == {"inject_net", "remove_net"}
+    assert "routing" not in v["params"]["inject_net"]["enc0"]  # plain convolutions
+    out = sim.apply(v, x, jnp.array([0, 1])).displacement
+    only_inject = sim.apply(v, x, jnp.zeros(2)).displacement
+    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(only_inject[0]), atol=1e-6)
+    assert float(jnp.abs(out[1] - only_inject[1]).max()) > 1e-4
+
+
+def test_train_mode_updates_batch_stats_and_jit_matches_eager():
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    sim = Simulator(_small_3d())
+    v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    out, new = sim.apply(v, x, jnp.zeros(2), train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), v["batch_stats"], new["batch_stats"])
+    assert any(jax.tree.leaves(changed))
+    eager = sim.apply(v, x, jnp.zeros(2)).displacement
+    jitted = jax.jit(lambda v, x: sim.apply(v, x, jnp.zeros(2)).displacement)(v, x)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5)
+
+
+def test_classifier_activation_swap_and_feature_split():
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    clf = Classifier(ClassifierConfig.original())
+    v = clf.init(jax.random.key(0), x)
+    logits = clf.apply(v, x)
+    feats = clf.apply(v, x, method=Classifier.features)
+    assert feats.shape == (2, 2, 2, 2, 16)
+    np.testing.assert_allclose(np.asarray(clf.apply(v, feats, method=Classifier.head)), np.asarray(logits), atol=1e-6)
+    swapped = Classifier(ClassifierConfig.original(), activation=jnp.tanh).apply(v, x)
+    assert float(jnp.abs(swapped - logits).max()) > 0
+
+
+def test_clear_shape_errors():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        Simulator(SimulatorConfig()).init({"params": jax.random.key(0)}, jnp.zeros((1, 24, 24, 24, 1)), jnp.zeros(1))
+    with pytest.raises(ValueError, match="3 spatial axes"):
+        Classifier(ClassifierConfig()).init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
