@@ -1,0 +1,1 @@
+"""Benchmarks and reference implementations that are not part of the jaxinterp package."""
