@@ -7,7 +7,7 @@ the sign of the log volume change) are stated in ``jaxinterp.warp`` and
 ``jaxinterp.jacobian``.
 """
 
-from jaxinterp import losses, nn
+from jaxinterp import losses, nn, saliency
 from jaxinterp.jacobian import (
     displacement_jacobian,
     folding_fraction,
@@ -23,12 +23,14 @@ from jaxinterp.losses import (
     smoothness_loss,
 )
 from jaxinterp.metrics import ncc
+from jaxinterp.objective import ObjectiveConfig, simulator_objective
 from jaxinterp.warp import compose, identity_grid, integrate_velocity, warp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "INJECT",
+    "ObjectiveConfig",
     "REMOVE",
     "bce_shift_loss",
     "compose",
@@ -43,6 +45,8 @@ __all__ = [
     "losses",
     "ncc",
     "nn",
+    "saliency",
+    "simulator_objective",
     "smoothness_loss",
     "warp",
 ]

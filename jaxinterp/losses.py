@@ -64,7 +64,9 @@ def bce_shift_loss(simulated_logits: jax.Array, task: jax.Array) -> jax.Array:
 
     Inject (task 0) targets "diseased" (label 1), remove (task 1) targets "control" (label 0).
     """
-    labels = jnp.broadcast_to(1.0 - jnp.asarray(task, simulated_logits.dtype), simulated_logits.shape)
+    labels = jnp.broadcast_to(
+        1.0 - jnp.asarray(task, simulated_logits.dtype), simulated_logits.shape
+    )
     return optax.sigmoid_binary_cross_entropy(simulated_logits, labels)
 
 
@@ -117,7 +119,8 @@ def smoothness_loss(
     batch, spatial, ndim = split_field_shape(displacement.shape, "smoothness_loss: displacement")
     if len(batch) != 1:
         raise ValueError(
-            f"smoothness_loss: expected one batch axis (N, *spatial, ndim), got {displacement.shape}"
+            "smoothness_loss: expected one batch axis (N, *spatial, ndim), "
+            f"got {displacement.shape}"
         )
     if norm not in ("l1", "l2"):
         raise ValueError(f"smoothness_loss: norm must be 'l1' or 'l2', got {norm!r}")
@@ -129,6 +132,8 @@ def smoothness_loss(
     for j in range(ndim):
         diff = penalty(jnp.diff(displacement, axis=1 + j))
         per_voxel = jnp.sum(diff, axis=-1, keepdims=True)  # over components k
-        term = jnp.sum(per_voxel, axis=axes) if reduction == "sum" else jnp.mean(per_voxel, axis=axes)
+        term = (
+            jnp.sum(per_voxel, axis=axes) if reduction == "sum" else jnp.mean(per_voxel, axis=axes)
+        )
         total = total + term
     return total

@@ -21,7 +21,10 @@ def _routing(params, x, task):
 def _init(layer, x, task, seed=0):
     variables = layer.init(jax.random.key(seed), x, task)
     # Non-zero routing bias and conv bias so the test sees them.
-    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(seed + 1), p.shape), variables["params"])
+    params = jax.tree.map(
+        lambda p: p + 0.1 * jax.random.normal(jax.random.key(seed + 1), p.shape),
+        variables["params"],
+    )
     return {"params": params}
 
 
@@ -42,7 +45,13 @@ def test_equals_routing_weighted_sum_of_expert_convs(spatial, implementation, bi
     expert_out = np.stack([np.asarray(conv_nd(x, p["kernel"][k])) for k in range(3)], 1)
     want = np.einsum("nk...,nk->n...", expert_out, alpha)
     b = np.asarray(p["bias"])
-    want = want + (b if bias == "shared" else (alpha @ b)[:, None, None] if len(spatial) == 2 else (alpha @ b)[:, None, None, None])
+    want = want + (
+        b
+        if bias == "shared"
+        else (alpha @ b)[:, None, None]
+        if len(spatial) == 2
+        else (alpha @ b)[:, None, None, None]
+    )
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-4)
 
 
@@ -63,7 +72,10 @@ def test_one_expert_constant_routing_is_plain_conv():
     v = layer.init(jax.random.key(0), x, jnp.zeros(2))
     params = dict(v["params"])
     # Routing weight 0 and a huge bias: alpha = sigmoid(50) = 1 for every input.
-    params["routing"] = {"kernel": jnp.zeros_like(params["routing"]["kernel"]), "bias": jnp.full((1,), 50.0)}
+    params["routing"] = {
+        "kernel": jnp.zeros_like(params["routing"]["kernel"]),
+        "bias": jnp.full((1,), 50.0),
+    }
     params["bias"] = jnp.array([0.5, -1.0, 2.0])
     got = layer.apply({"params": params}, x, jnp.zeros(2))
     plain = nn.Conv(3, (3, 3), padding="SAME")
@@ -91,7 +103,9 @@ def test_jit_equals_eager_and_dropout_needs_rng():
     eager = layer.apply(v, x, jnp.array([0.0, 1.0]))
     jitted = jax.jit(layer.apply)(v, x, jnp.array([0.0, 1.0]))
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5)
-    train = layer.apply(v, x, jnp.zeros(2), deterministic=False, rngs={"dropout": jax.random.key(0)})
+    train = layer.apply(
+        v, x, jnp.zeros(2), deterministic=False, rngs={"dropout": jax.random.key(0)}
+    )
     assert train.shape == eager.shape
 
 

@@ -10,7 +10,9 @@ import jaxinterp as ji
 
 
 def _grid(spatial):
-    return np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in spatial], indexing="ij"), -1)
+    return np.stack(
+        np.meshgrid(*[np.arange(n, dtype=np.float64) for n in spatial], indexing="ij"), -1
+    )
 
 
 def _smooth_field(rng, spatial, sigma, amplitude):
@@ -41,7 +43,9 @@ def test_affine_field_gives_det_of_i_plus_a(spatial, scheme):
     interior = tuple(slice(1, -1) for _ in spatial)
     np.testing.assert_allclose(det[interior], np.linalg.det(np.eye(nd) + a), rtol=1e-4)
     jac = np.asarray(ji.displacement_jacobian(jnp.asarray(field), scheme=scheme))
-    np.testing.assert_allclose(jac[interior], np.broadcast_to(np.eye(nd) + a, jac[interior].shape), atol=1e-4)
+    np.testing.assert_allclose(
+        jac[interior], np.broadcast_to(np.eye(nd) + a, jac[interior].shape), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("spatial", [(20, 22), (12, 14, 16)])

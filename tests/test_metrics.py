@@ -15,7 +15,9 @@ def test_ncc_matches_numpy_corrcoef_batched():
     got = np.asarray(ji.ncc(jnp.asarray(a), jnp.asarray(b), batch_dims=1))
     want = [np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    jitted = jax.jit(ji.ncc, static_argnames="batch_dims")(jnp.asarray(a), jnp.asarray(b), batch_dims=1)
+    jitted = jax.jit(ji.ncc, static_argnames="batch_dims")(
+        jnp.asarray(a), jnp.asarray(b), batch_dims=1
+    )
     np.testing.assert_allclose(np.asarray(jitted), got, rtol=1e-6)
 
 
@@ -27,7 +29,9 @@ def test_ncc_invariances_and_mask():
     mask = rng.uniform(size=a.shape) > 0.5
     b = rng.normal(size=a.shape)
     want = np.corrcoef(a[mask], b[mask])[0, 1]
-    assert float(ji.ncc(jnp.asarray(a), jnp.asarray(b), mask=jnp.asarray(mask))) == pytest.approx(want, rel=1e-5)
+    assert float(ji.ncc(jnp.asarray(a), jnp.asarray(b), mask=jnp.asarray(mask))) == pytest.approx(
+        want, rel=1e-5
+    )
 
 
 def test_ncc_constant_map_is_nan_and_shape_errors():

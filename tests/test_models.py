@@ -45,11 +45,19 @@ def test_original_simulator_layer_names():
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_3d_shapes(size):
     x = jnp.zeros((2, size, size, size, 1))
-    cfg = SimulatorConfig(features=(4, 8, 8), bottleneck=16) if size < 64 else SimulatorConfig.paper_3d()
-    out = jax.eval_shape(lambda: Simulator(cfg).init_with_output({"params": jax.random.key(0)}, x, jnp.zeros(2)))[0]
+    cfg = (
+        SimulatorConfig(features=(4, 8, 8), bottleneck=16)
+        if size < 64
+        else SimulatorConfig.paper_3d()
+    )
+    out = jax.eval_shape(
+        lambda: Simulator(cfg).init_with_output({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    )[0]
     assert out.image.shape == x.shape
     assert out.displacement.shape == (2, size, size, size, 3)
-    logits = jax.eval_shape(lambda: Classifier(ClassifierConfig.original()).init_with_output(jax.random.key(0), x))[0]
+    logits = jax.eval_shape(
+        lambda: Classifier(ClassifierConfig.original()).init_with_output(jax.random.key(0), x)
+    )[0]
     assert logits.shape == (2,)
 
 
@@ -74,7 +82,9 @@ def test_displacement_output_is_warp_of_input():
     sim = Simulator(_small_3d())
     v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
     out = sim.apply(v, x, jnp.array([0, 1]))
-    np.testing.assert_allclose(np.asarray(out.image), np.asarray(ji.warp(x, out.displacement)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out.image), np.asarray(ji.warp(x, out.displacement)), atol=1e-6
+    )
 
 
 def test_velocity_output_is_integrated():
@@ -118,7 +128,9 @@ def test_train_mode_updates_batch_stats_and_jit_matches_eager():
     x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
     sim = Simulator(_small_3d())
     v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
-    out, new = sim.apply(v, x, jnp.zeros(2), train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    out, new = sim.apply(
+        v, x, jnp.zeros(2), train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}
+    )
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), v["batch_stats"], new["batch_stats"])
     assert any(jax.tree.leaves(changed))
     eager = sim.apply(v, x, jnp.zeros(2)).displacement
@@ -133,13 +145,17 @@ def test_classifier_activation_swap_and_feature_split():
     logits = clf.apply(v, x)
     feats = clf.apply(v, x, method=Classifier.features)
     assert feats.shape == (2, 2, 2, 2, 16)
-    np.testing.assert_allclose(np.asarray(clf.apply(v, feats, method=Classifier.head)), np.asarray(logits), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(clf.apply(v, feats, method=Classifier.head)), np.asarray(logits), atol=1e-6
+    )
     swapped = Classifier(ClassifierConfig.original(), activation=jnp.tanh).apply(v, x)
     assert float(jnp.abs(swapped - logits).max()) > 0
 
 
 def test_clear_shape_errors():
     with pytest.raises(ValueError, match="divisible by 16"):
-        Simulator(SimulatorConfig()).init({"params": jax.random.key(0)}, jnp.zeros((1, 24, 24, 24, 1)), jnp.zeros(1))
+        Simulator(SimulatorConfig()).init(
+            {"params": jax.random.key(0)}, jnp.zeros((1, 24, 24, 24, 1)), jnp.zeros(1)
+        )
     with pytest.raises(ValueError, match="3 spatial axes"):
         Classifier(ClassifierConfig()).init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))

@@ -22,7 +22,9 @@ def _scipy_warp(image, field, mode):
     coords = np.moveaxis(grid + field, -1, 0).astype(np.float64)
     return np.stack(
         [
-            scipy.ndimage.map_coordinates(image[..., c].astype(np.float64), coords, order=1, mode=mode)
+            scipy.ndimage.map_coordinates(
+                image[..., c].astype(np.float64), coords, order=1, mode=mode
+            )
             for c in range(image.shape[-1])
         ],
         -1,
@@ -62,7 +64,9 @@ def test_batched_equals_loop_and_vmap():
     images = rng.normal(size=(3, 8, 9, 10, 1)).astype(np.float32)
     fields = rng.normal(size=(3, 8, 9, 10, 3)).astype(np.float32)
     batched = np.asarray(ji.warp(jnp.asarray(images), jnp.asarray(fields)))
-    loop = np.stack([np.asarray(ji.warp(jnp.asarray(i), jnp.asarray(f))) for i, f in zip(images, fields)])
+    loop = np.stack(
+        [np.asarray(ji.warp(jnp.asarray(i), jnp.asarray(f))) for i, f in zip(images, fields)]
+    )
     vmapped = np.asarray(jax.vmap(ji.warp)(jnp.asarray(images), jnp.asarray(fields)))
     np.testing.assert_allclose(batched, loop, atol=1e-6)
     np.testing.assert_allclose(vmapped, loop, atol=1e-6)
@@ -71,7 +75,9 @@ def test_batched_equals_loop_and_vmap():
 def test_jit_equals_eager():
     image, field = _random_case(np.random.default_rng(4), (7, 8, 9))
     eager = ji.warp(jnp.asarray(image), jnp.asarray(field), mode="edge")
-    jitted = jax.jit(ji.warp, static_argnames="mode")(jnp.asarray(image), jnp.asarray(field), mode="edge")
+    jitted = jax.jit(ji.warp, static_argnames="mode")(
+        jnp.asarray(image), jnp.asarray(field), mode="edge"
+    )
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-6)
 
 
@@ -83,7 +89,15 @@ def test_gradients(spatial):
     field = np.floor(field) + rng.uniform(0.2, 0.8, size=field.shape).astype(np.float32)
     image64 = jnp.asarray(image, jnp.float64) if jax.config.jax_enable_x64 else jnp.asarray(image)
     fn = lambda im, u: jnp.sum(jnp.sin(ji.warp(im, u)))
-    check_grads(fn, (image64, jnp.asarray(field)), order=1, modes=["rev", "fwd"], eps=1e-2, atol=2e-2, rtol=2e-2)
+    check_grads(
+        fn,
+        (image64, jnp.asarray(field)),
+        order=1,
+        modes=["rev", "fwd"],
+        eps=1e-2,
+        atol=2e-2,
+        rtol=2e-2,
+    )
 
 
 def test_shape_errors():
@@ -103,14 +117,20 @@ def test_compose_of_translations_adds():
 
 def test_compose_matches_sequential_warps():
     rng = np.random.default_rng(6)
-    image = scipy.ndimage.gaussian_filter(rng.normal(size=(24, 24)), 3)[..., None].astype(np.float32)
-    smooth = lambda: np.stack([scipy.ndimage.gaussian_filter(rng.normal(size=(24, 24)), 5) * 20 for _ in range(2)], -1)
+    image = scipy.ndimage.gaussian_filter(rng.normal(size=(24, 24)), 3)[..., None].astype(
+        np.float32
+    )
+    smooth = lambda: np.stack(
+        [scipy.ndimage.gaussian_filter(rng.normal(size=(24, 24)), 5) * 20 for _ in range(2)], -1
+    )
     f, s = jnp.asarray(smooth(), jnp.float32), jnp.asarray(smooth(), jnp.float32)
     twice = ji.warp(ji.warp(jnp.asarray(image), f, mode="edge"), s, mode="edge")
     once = ji.warp(jnp.asarray(image), ji.compose(f, s), mode="edge")
     inner = (slice(4, -4), slice(4, -4))
     # Resampling twice blurs once more than resampling once: equal up to interpolation error.
-    np.testing.assert_allclose(np.asarray(twice)[inner], np.asarray(once)[inner], atol=0.05 * np.abs(image).max())
+    np.testing.assert_allclose(
+        np.asarray(twice)[inner], np.asarray(once)[inner], atol=0.05 * np.abs(image).max()
+    )
 
 
 def test_integrate_velocity_constant_field_is_translation():

@@ -16,11 +16,13 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from .models import as_code
 from .warp import warp
 
 __all__ = [
     "CYCLE_LOSSES",
     "ORIGINAL_OPTIMIZER_NAMES",
+    "SMOOTHNESS_REDUCTIONS",
     "cycle_loss",
     "l1_smoothness_loss",
     "logit_shift_loss",
@@ -55,10 +57,23 @@ def _forward_differences(u: torch.Tensor) -> list[torch.Tensor]:
     return [torch.diff(u, dim=axis) for axis in range(2, u.ndim)]
 
 
-def smoothness_loss(u: torch.Tensor) -> torch.Tensor:
+SMOOTHNESS_REDUCTIONS = ("sum", "mean")
+
+
+def smoothness_loss(u: torch.Tensor, *, reduction: str = "sum") -> torch.Tensor:
     """Diffusion regulariser (paper eq. 5): per example the sum over voxels, components and
-    axes of squared forward differences of ``u`` ``(N, 3, D, H, W)``; mean over the batch."""
-    per_example = sum(g.pow(2).flatten(1).sum(1) for g in _forward_differences(u))
+    axes of squared forward differences of ``u`` ``(N, 3, D, H, W)``; mean over the batch.
+
+    ``reduction="mean"`` averages over voxels instead of summing: for each axis the mean over
+    the voxels that have its difference of the sum over components, summed over the axes
+    (``jaxinterp.smoothness_loss(reduction="mean")``).
+    """
+    if reduction == "sum":
+        per_example = sum(g.pow(2).flatten(1).sum(1) for g in _forward_differences(u))
+    elif reduction == "mean":
+        per_example = sum(g.pow(2).sum(1).flatten(1).mean(1) for g in _forward_differences(u))
+    else:
+        raise ValueError(f"reduction must be one of {SMOOTHNESS_REDUCTIONS}, got {reduction!r}")
     return per_example.mean()
 
 
@@ -100,6 +115,8 @@ def training_step(
     inject_code: float = 0.0,
     remove_code: float = 1.0,
     cycle: str = "l1",
+    smoothness_reduction: str = "sum",
+    fused_directions: bool = False,
 ) -> float:
     """One fused step of the paper objective (SPEC section 3), one backward, one ``opt`` step.
 
@@ -110,26 +127,48 @@ def training_step(
     fields``. ``P(x)`` and ``P(y)`` are constants; gradients flow through ``P(x_hat)`` and
     ``P(y_hat)`` into the simulator only (a positive logit must mean "diseased").
     The simulator is called four times (once per batch and task) in train mode.
+    ``smoothness_reduction`` is passed to ``smoothness_loss``. ``fused_directions=True``
+    calls it twice instead, as ``jaxinterp.simulator_objective`` does: on ``[x; y]`` with the
+    codes ``[inject..., remove...]``, then on ``[x_hat; y_hat]`` with the codes swapped, so
+    BatchNorm's batch statistics (and running averages) cover both directions at once.
     Returns the loss value (before the step) as a Python float.
     """
     if cycle not in CYCLE_LOSSES:
         raise ValueError(f"cycle must be one of {CYCLE_LOSSES}, got {cycle!r}")
+    if smoothness_reduction not in SMOOTHNESS_REDUCTIONS:
+        raise ValueError(
+            f"smoothness_reduction must be one of {SMOOTHNESS_REDUCTIONS}, "
+            f"got {smoothness_reduction!r}"
+        )
     sim.train()
     with _frozen(clf):
         with torch.no_grad():
             p_x, p_y = clf(x), clf(y)
-        u_x = sim(x, inject_code)
-        x_hat = warp(x, u_x)
-        u_y = sim(y, remove_code)
-        y_hat = warp(y, u_y)
-        u_xc = sim(x_hat, remove_code)
-        x_cyc = warp(x_hat, u_xc)
-        u_yc = sim(y_hat, inject_code)
-        y_cyc = warp(y_hat, u_yc)
+        if fused_directions:
+            n = x.shape[0]
+            both = torch.cat([x, y])
+            u_first = sim(both, torch.cat([as_code(inject_code, x), as_code(remove_code, y)]))
+            simulated = warp(both, u_first)
+            u_second = sim(simulated, torch.cat([as_code(remove_code, x), as_code(inject_code, y)]))
+            cycled = warp(simulated, u_second)
+            u_x, u_y, u_xc, u_yc = (*u_first.split([n, len(y)]), *u_second.split([n, len(y)]))
+            x_hat, y_hat = simulated.split([n, len(y)])
+            x_cyc, y_cyc = cycled.split([n, len(y)])
+        else:
+            u_x = sim(x, inject_code)
+            x_hat = warp(x, u_x)
+            u_y = sim(y, remove_code)
+            y_hat = warp(y, u_y)
+            u_xc = sim(x_hat, remove_code)
+            x_cyc = warp(x_hat, u_xc)
+            u_yc = sim(y_hat, inject_code)
+            y_cyc = warp(y_hat, u_yc)
         e_logit = logit_shift_loss(p_x, clf(x_hat), direction=1.0, delta=delta)
         e_logit = e_logit + logit_shift_loss(p_y, clf(y_hat), direction=-1.0, delta=delta)
         e_cycle = cycle_loss(x_cyc, x, kind=cycle) + cycle_loss(y_cyc, y, kind=cycle)
-        e_phi = sum(smoothness_loss(u) for u in (u_x, u_y, u_xc, u_yc))
+        e_phi = sum(
+            smoothness_loss(u, reduction=smoothness_reduction) for u in (u_x, u_y, u_xc, u_yc)
+        )
         loss = e_logit + e_cycle + lambda_phi * e_phi
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -51,9 +51,7 @@ class CondConv(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(
-        self, x: jax.Array, task: jax.Array, *, deterministic: bool = True
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, task: jax.Array, *, deterministic: bool = True) -> jax.Array:
         """Args:
           x: ``(N, *spatial, Cin)``, channels-last, 2 or 3 spatial axes.
           task: ``(N,)`` or scalar task code (0 inject, 1 remove), given to the routing.
@@ -63,7 +61,9 @@ class CondConv(nn.Module):
           ``(N, *spatial, features)``.
         """
         if x.ndim not in (4, 5):
-            raise ValueError(f"CondConv expects (N, *spatial, C) with 2 or 3 spatial axes, got {x.shape}")
+            raise ValueError(
+                f"CondConv expects (N, *spatial, C) with 2 or 3 spatial axes, got {x.shape}"
+            )
         ndim = x.ndim - 2
         window = (
             (self.kernel_size,) * ndim

@@ -165,9 +165,7 @@ class Simulator(nn.Module):
     dtype: Any = None  # compute dtype of convs and dense layers (e.g. jnp.bfloat16)
 
     @nn.compact
-    def __call__(
-        self, x: jax.Array, task: jax.Array, *, train: bool = False
-    ) -> SimulatorOutput:
+    def __call__(self, x: jax.Array, task: jax.Array, *, train: bool = False) -> SimulatorOutput:
         cfg = self.config
         task = jnp.broadcast_to(jnp.asarray(task), (x.shape[0],))
         code = jnp.where(task == 0, cfg.task_codes[0], cfg.task_codes[1]).astype(jnp.float32)

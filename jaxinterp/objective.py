@@ -1,0 +1,142 @@
+"""The simulator's whole objective for one batch, as one pure differentiable function.
+
+``E = E_logit + E_cycle + E_phi`` (paper eq. 1, 2, 5) on a batch of controls ``x`` (task
+inject) and patients ``y`` (task remove):
+
+    x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
+    x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
+
+The classifier is frozen: it runs in inference mode and the objective is differentiated
+only in the simulator's parameters (its variables are a separate argument). Each term is
+the sum of its two directions' batch means, as the paper's ``E_X[..] + E_Y[..]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.losses import (
+    INJECT,
+    REMOVE,
+    bce_shift_loss,
+    cycle_loss,
+    logit_shift_loss,
+    smoothness_loss,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Weights and forms of the three loss terms."""
+
+    delta: float = 12.5  # required logit shift (paper: 5 in 2D, 12.5 in 3D)
+    shift_loss: Literal["hinge", "bce"] = "hinge"  # eq. 1, or "fool the classifier" BCE
+    cycle_weight: float = 1.0  # weight of E_cycle
+    cycle_norm: Literal["l1", "l2"] = "l2"  # per-voxel norm of the cycle error
+    lambda_phi: float = 0.02  # weight of the smoothness term E_phi (0 for image outputs)
+    smoothness_norm: Literal["l1", "l2"] = "l2"  # paper: L2 diffusion; original code: L1
+    smoothness_reduction: Literal["mean", "sum"] = "mean"  # over voxels, see smoothness_loss
+
+
+def _directions(values: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    return jnp.mean(values[:n]), jnp.mean(values[n:])
+
+
+def simulator_objective(
+    params: Any,
+    batch_stats: Any,
+    classifier_variables: Any,
+    controls: jax.Array,
+    patients: jax.Array,
+    rng: jax.Array,
+    *,
+    simulator: nn.Module,
+    classifier: nn.Module,
+    config: ObjectiveConfig,
+    train: bool = True,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+    """Loss of one batch and its parts.
+
+    Args:
+      params: the simulator's parameters (what is differentiated).
+      batch_stats: the simulator's BatchNorm statistics (``{}`` if it has none).
+      classifier_variables: the frozen classifier's variables (inference mode).
+      controls: ``(B, *spatial, C)`` images of controls (disease is injected).
+      patients: ``(B, *spatial, C)`` images of patients (disease is removed).
+      rng: key for the simulator's dropout.
+      simulator, classifier: the Flax modules (static).
+      config: the loss terms.
+      train: simulator in training mode (batch statistics, dropout) or inference mode.
+
+    Returns:
+      ``(loss, (metrics, new_batch_stats))``; metrics are scalars: each term, the mean logit
+      shift per direction (towards the target group), mean |displacement|.
+    """
+    n = controls.shape[0]
+    if patients.shape != controls.shape:
+        raise ValueError(
+            f"simulator_objective: controls {controls.shape} and patients {patients.shape} "
+            "must have the same shape (one batch of each)"
+        )
+    images = jnp.concatenate([controls, patients])
+    task = jnp.concatenate([jnp.full((n,), INJECT), jnp.full((n,), REMOVE)])
+    rng_first, rng_second = jax.random.split(rng)
+
+    def run(variables, inputs, tasks, key):
+        if not train:
+            return simulator.apply(variables, inputs, tasks, train=False), variables
+        out, updates = simulator.apply(
+            variables, inputs, tasks, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+        )
+        return out, {**variables, **updates}
+
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    first, variables = run(variables, images, task, rng_first)
+    second, variables = run(variables, first.image, 1 - task, rng_second)
+
+    classify: Callable[[jax.Array], jax.Array] = lambda im: classifier.apply(
+        classifier_variables, im, train=False
+    )
+    classifier_variables = jax.lax.stop_gradient(classifier_variables)
+    original_logits = jax.lax.stop_gradient(classify(images))
+    simulated_logits = classify(first.image)
+
+    if config.shift_loss == "hinge":
+        shift = logit_shift_loss(original_logits, simulated_logits, task, delta=config.delta)
+    elif config.shift_loss == "bce":
+        shift = bce_shift_loss(simulated_logits, task)
+    else:
+        raise ValueError(f"unknown shift_loss {config.shift_loss!r}")
+    cycle = cycle_loss(second.image, images, norm=config.cycle_norm)
+
+    e_logit = sum(_directions(shift, n))
+    e_cycle = config.cycle_weight * sum(_directions(cycle, n))
+    e_phi = jnp.zeros((), jnp.float32)
+    magnitude = jnp.zeros((), jnp.float32)
+    if first.displacement is not None:
+        for field in (first.displacement, second.displacement):
+            smooth = smoothness_loss(
+                field, norm=config.smoothness_norm, reduction=config.smoothness_reduction
+            )
+            e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
+        magnitude = jnp.mean(jnp.linalg.norm(first.displacement, axis=-1))
+    loss = e_logit + e_cycle + e_phi
+
+    moved = (simulated_logits - original_logits) * (1.0 - 2.0 * task)
+    inject_shift, remove_shift = _directions(moved, n)
+    metrics = {
+        "loss": loss,
+        "logit": e_logit,
+        "cycle": e_cycle,
+        "smooth": e_phi,
+        "shift_inject": inject_shift,
+        "shift_remove": remove_shift,
+        "displacement": magnitude,
+    }
+    return loss, (metrics, variables.get("batch_stats", {}))

@@ -1,0 +1,229 @@
+"""Training: data parallelism (1 vs 4 devices, 2 processes), exact resume after SIGKILL,
+checkpoint mismatch, non-finite loss, metrics lines, command-line errors."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from train import load_config, parallel, train_classifier, train_simulator
+from train.checkpoint import CheckpointMismatchError
+from train.cli import main as cli_main
+from train.progress import NonFiniteLossError, load_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "data.n_per_group=16",
+    "classifier_optim.steps=8",
+    "classifier_optim.batch_size=8",
+    "classifier_optim.log_every=4",
+    "classifier_optim.checkpoint_every=4",
+    "simulator_optim.steps=6",
+    "simulator_optim.batch_size=4",
+    "simulator_optim.log_every=1",
+    "simulator_optim.checkpoint_every=3",
+]
+
+
+def tiny_config(*extra):
+    return load_config("synth2d", TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def trained_classifier(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    summary = train_classifier(tiny_config(), workdir)
+    return workdir, summary
+
+
+def _copy_classifier(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src / "classifier", dst / "classifier")
+    return dst
+
+
+def test_classifier_outputs(trained_classifier):
+    workdir, summary = trained_classifier
+    assert summary["step"] == 8
+    assert set(summary["test"]) == {"accuracy", "balanced_accuracy", "n"}
+    assert summary["train"]["n"] + summary["test"]["n"] == 32
+    lines = load_metrics(workdir / "classifier" / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [4, 8]
+    assert all(np.isfinite(line["loss"]) and line["examples_per_s"] > 0 for line in lines)
+    split = json.loads((workdir / "classifier" / "split.json").read_text())
+    assert not set(split["train"]) & set(split["test"])
+    assert json.loads((workdir / "classifier" / "summary.json").read_text()) == summary
+
+
+def test_same_loss_curve_on_1_and_4_devices(trained_classifier, tmp_path):
+    src, _ = trained_classifier
+    assert jax.device_count() == 4
+    curves = {}
+    for n in (1, 4):
+        workdir = _copy_classifier(src, tmp_path / f"d{n}")
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        train_simulator(tiny_config(), workdir, mesh=mesh)
+        curves[n] = [line["loss"] for line in load_metrics(workdir / "simulator" / "metrics.jsonl")]
+    assert len(curves[1]) == 6
+    # The batch is split over 4 devices; BatchNorm and the loss see the global batch, so
+    # only the order of float reductions differs.
+    np.testing.assert_allclose(curves[4], curves[1], rtol=2e-4, atol=2e-5)
+
+
+def test_batch_must_divide_over_devices(trained_classifier, tmp_path):
+    src, _ = trained_classifier
+    workdir = _copy_classifier(src, tmp_path)
+    with pytest.raises(ValueError, match="does not divide evenly over 4 devices"):
+        train_simulator(tiny_config("simulator_optim.batch_size=3"), workdir)
+
+
+def test_checkpoint_of_another_config_is_a_clear_error(trained_classifier, tmp_path):
+    src, _ = trained_classifier
+    workdir = _copy_classifier(src, tmp_path)
+    with pytest.raises(CheckpointMismatchError, match="classifier.features"):
+        train_classifier(tiny_config("classifier.features=(4, 8, 8)"), workdir)
+    # The simulator refuses a classifier trained with another architecture too.
+    with pytest.raises(CheckpointMismatchError, match="another configuration"):
+        train_simulator(tiny_config("classifier.hidden=8"), workdir)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(trained_classifier, tmp_path):
+    src, _ = trained_classifier
+    workdir = _copy_classifier(src, tmp_path)
+    config = tiny_config("simulator_optim.learning_rate=1e30", "simulator_optim.checkpoint_every=1")
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        train_simulator(config, workdir)
+    steps = sorted(
+        int(p.name) for p in (workdir / "simulator" / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert steps == [1]
+    from train.simulator import load_simulator
+
+    _, variables = load_simulator(config, workdir, np.zeros((2, 32, 32, 1), np.float32))
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(variables))
+
+
+RESUME_CONFIG = """
+from train.config import load_config
+
+def get_config():
+    return load_config("synth2d", {overrides!r})
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(trained_classifier, tmp_path):
+    src, _ = trained_classifier
+    overrides = TINY + ["simulator_optim.steps=40", "simulator_optim.checkpoint_every=2",
+                        "simulator_optim.log_every=2"]  # fmt: skip
+    config_file = tmp_path / "resume_config.py"
+    config_file.write_text(RESUME_CONFIG.format(overrides=overrides))
+    reference = _copy_classifier(src, tmp_path / "reference")
+    interrupted = _copy_classifier(src, tmp_path / "interrupted")
+    command = [sys.executable, "-m", "train.cli", "train-simulator", "--config", str(config_file),
+               "--workdir", str(interrupted)]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = interrupted / "simulator" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = (
+            [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
+            if checkpoints.exists()
+            else []
+        )
+        if done and max(done) >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = max(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
+    assert killed_at < 40
+
+    config = load_config(str(config_file))
+    resumed = train_simulator(config, interrupted)
+    uninterrupted = train_simulator(config, reference)
+    assert resumed["step"] == uninterrupted["step"] == 40
+    from train.simulator import load_simulator
+
+    sample = np.zeros((2, 32, 32, 1), np.float32)
+    a = load_simulator(config, interrupted, sample)[1]
+    b = load_simulator(config, reference, sample)[1]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    steps = [line["step"] for line in load_metrics(interrupted / "simulator" / "metrics.jsonl")]
+    assert steps == list(range(2, 41, 2))  # no duplicated lines from the killed run
+
+
+DISTRIBUTED = """
+import sys
+from train import load_config, train_classifier
+config = load_config("synth2d", {overrides!r})
+summary = train_classifier(config, sys.argv[1])
+import jax
+print("RESULT", jax.process_count(), jax.device_count(), summary["step"], flush=True)
+"""
+
+
+def test_two_processes_with_jax_distributed(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DISTRIBUTED.format(overrides=TINY[:5]))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        env = dict(
+            os.environ,
+            JAXINTERP_COORDINATOR=f"localhost:{port}",
+            JAXINTERP_NUM_PROCESSES="2",
+            JAXINTERP_PROCESS_ID=str(pid),
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        )
+        command = [sys.executable, str(script), str(tmp_path / "w")]
+        procs.append(
+            subprocess.Popen(
+                command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        )
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+        assert "RESULT 2 4 8" in out  # 2 processes, 4 devices in the mesh, 8 steps
+    assert (tmp_path / "w" / "classifier" / "checkpoints" / "8").is_dir()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["train", "--config", "nope", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown config 'nope'" in err
+    assert (
+        cli_main(["train-simulator", "--config", "synth2d", "--workdir", str(tmp_path / "x")]) == 2
+    )
+    assert "no trained classifier" in capsys.readouterr().err
+    assert (
+        cli_main(
+            [
+                "train",
+                "--config",
+                "synth2d",
+                "--workdir",
+                str(tmp_path),
+                "--set",
+                "objective.nope=1",
+            ]
+        )
+        == 2
+    )
+    assert "unknown config key 'objective.nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--config", "synth2d", "--workdir", str(tmp_path), "--bogus"])

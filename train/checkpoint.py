@@ -1,0 +1,89 @@
+"""Checkpoints through orbax's CheckpointManager, in one place.
+
+A checkpoint holds the train state (step, parameters, optimizer state, BatchNorm
+statistics) and a JSON ``meta`` item with the config it was written for. The RNG and the
+data position are functions of the seed and the step (``train.datasets``), so restoring
+the step restores both. orbax writes each step into a temporary folder and renames it when
+complete, so a crash never leaves a half-written checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in a workdir was written for another configuration."""
+
+
+class Checkpoints:
+    """Save and restore train states in ``directory`` (keeps the latest ``keep``)."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 3):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+            create=True,
+            enable_async_checkpointing=False,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self._manager.save(step, args=args, force=True)
+        self._manager.wait_until_finished()
+
+    def read_meta(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
+    def restore(self, template: Any, *, expected_meta: dict, step: int | None = None) -> Any:
+        """Restore the state at ``step`` (default latest) into the structure of ``template``.
+
+        Raises ``CheckpointMismatchError`` naming the differing settings when the checkpoint
+        was written for another configuration, instead of a shape error from deep inside.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        meta = self.read_meta(step)
+        differences = _differences(meta.get("config", {}), expected_meta.get("config", {}))
+        if differences:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory}/{step} was written for another configuration "
+                f"({'; '.join(differences[:5])}); use a new workdir or the same config"
+            )
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))
+        )
+        return restored["state"]
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+# Settings that may change between a run and its resumption without changing the state.
+_RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress"}
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        if not prefix and key in _RESUMABLE:
+            continue
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
+    return out

@@ -1,0 +1,169 @@
+"""Train the classifier P: Adam on binary cross-entropy with logits (1 = patient)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxinterp.nn import Classifier
+from train import loop, parallel
+from train.config import TrainConfig, to_dict
+from train.datasets import Dataset, batch_indices, load_dataset, save_split
+
+
+def classifier_meta(config: TrainConfig) -> dict:
+    """What a classifier checkpoint must have been trained with to be resumed or used."""
+    optim = to_dict(config.classifier_optim)
+    for resumable in ("steps", "log_every", "checkpoint_every"):
+        optim.pop(resumable)
+    return {"config": {"data": to_dict(config.data), "classifier": to_dict(config.classifier),
+                       "optim": optim, "seed": config.seed}}  # fmt: skip
+
+
+def make_optimizer(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+    if weight_decay > 0:
+        return optax.adamw(learning_rate, weight_decay=weight_decay)
+    return optax.adam(learning_rate)
+
+
+def init_state(
+    config: TrainConfig, sample: np.ndarray
+) -> tuple[Classifier, dict, optax.GradientTransformation]:
+    model = Classifier(config.classifier)
+    variables = model.init(jax.random.key(config.seed), jnp.asarray(sample[:1]))
+    optimizer = make_optimizer(
+        config.classifier_optim.learning_rate, config.classifier_optim.weight_decay
+    )
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": variables["params"],
+        "batch_stats": variables.get("batch_stats", {}),
+        "opt_state": optimizer.init(variables["params"]),
+    }
+    return model, state, optimizer
+
+
+def make_step(model: Classifier, optimizer, seed: int, mesh):
+    def step(state, batch):
+        images, labels = batch
+        rng = jax.random.fold_in(jax.random.key(seed + 1), state["step"])
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state["batch_stats"]}
+            logits, updates = model.apply(
+                variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+            )
+            loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))
+            accuracy = jnp.mean((logits > 0) == (labels == 1))
+            return loss, (updates.get("batch_stats", {}), accuracy)
+
+        (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "step": state["step"] + 1,
+            "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+        }
+        return new_state, {"loss": loss, "accuracy": accuracy}
+
+    data = parallel.batch_sharding(mesh)
+    rep = parallel.replicated(mesh)
+    return jax.jit(
+        step, donate_argnums=0, in_shardings=(rep, (data, data)), out_shardings=(rep, rep)
+    )
+
+
+def predict_logits(
+    model: Classifier, variables: dict, images: np.ndarray, *, batch_size: int = 64
+) -> np.ndarray:
+    """Inference-mode logits of many images, in batches."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    out = [np.asarray(apply(variables, jnp.asarray(images[i : i + batch_size])))
+           for i in range(0, len(images), batch_size)]  # fmt: skip
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def accuracy_report(logits: np.ndarray, labels: np.ndarray) -> dict:
+    predicted = (logits > 0).astype(np.int32)
+    recalls = [float(np.mean(predicted[labels == c] == c)) for c in (0, 1) if np.any(labels == c)]
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "n": int(labels.size),
+    }
+
+
+def variables_of(state: dict) -> dict:
+    out = {"params": state["params"]}
+    if state["batch_stats"]:
+        out["batch_stats"] = state["batch_stats"]
+    return out
+
+
+def train_classifier(
+    config: TrainConfig, workdir: str | Path, *, dataset: Dataset | None = None, mesh=None
+) -> dict:
+    """Train (or resume training) the classifier in ``workdir/classifier``.
+
+    Writes ``checkpoints/``, ``metrics.jsonl``, ``split.json`` and ``summary.json`` (train
+    and test accuracy and balanced accuracy) there, and returns the summary.
+    """
+    parallel.initialize_distributed()
+    workdir = Path(workdir) / "classifier"
+    workdir.mkdir(parents=True, exist_ok=True)
+    dataset = dataset if dataset is not None else load_dataset(config.data, seed=config.seed)
+    if jax.process_index() == 0:
+        save_split(workdir / "split.json", dataset)
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    optim = config.classifier_optim
+    parallel.check_batch(optim.batch_size, mesh, "classifier batch size")
+    model, state, optimizer = init_state(config, dataset.images)
+    rows = parallel.local_rows(optim.batch_size)
+
+    def batch_fn(step):
+        idx = batch_indices(dataset.train, optim.batch_size, step, seed=config.seed)[rows]
+        return (parallel.put_batch(dataset.images[idx], mesh, optim.batch_size),
+                parallel.put_batch(dataset.labels[idx], mesh, optim.batch_size))  # fmt: skip
+
+    state = loop.run(
+        workdir=workdir,
+        state=state,
+        step_fn=make_step(model, optimizer, config.seed, mesh),
+        batch_fn=batch_fn,
+        optim=optim,
+        meta=classifier_meta(config),
+        keep=config.keep_checkpoints,
+        desc="classifier",
+        examples_per_step=optim.batch_size,
+        mesh=mesh,
+    )
+    variables = jax.device_get(variables_of(state))
+    summary = {"step": int(state["step"])}
+    for split in ("train", "test"):
+        idx = dataset.subset(split)
+        logits = predict_logits(model, variables, dataset.images[idx])
+        summary[split] = accuracy_report(logits, dataset.labels[idx])
+    if jax.process_index() == 0:
+        loop.write_json(workdir / "summary.json", summary)
+    return summary
+
+
+def load_classifier(
+    config: TrainConfig, workdir: str | Path, sample: np.ndarray
+) -> tuple[Classifier, dict]:
+    """The trained classifier of ``workdir/classifier`` (clear error if absent or mismatched)."""
+    directory = Path(workdir) / "classifier"
+    if not (directory / "checkpoints").is_dir():
+        raise FileNotFoundError(
+            f"no trained classifier in {directory}; run `jaxinterp train-classifier` first"
+        )
+    model, template, _ = init_state(config, sample)
+    state = loop.restore_final(directory, template, classifier_meta(config))
+    return model, variables_of(state)

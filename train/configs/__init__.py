@@ -1,0 +1,1 @@
+"""Experiment configs: each file's ``get_config()`` returns a ``train.config.TrainConfig``."""

@@ -1,0 +1,86 @@
+"""The one training loop both networks use: resume, step, log, check, checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from train import parallel
+from train.checkpoint import Checkpoints
+from train.config import OptimConfig
+from train.progress import Progress, check_finite
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file + rename): a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def run(
+    *,
+    workdir: Path,
+    state: dict,
+    step_fn: Callable[[dict, Any], tuple[dict, dict]],
+    batch_fn: Callable[[int], Any],
+    optim: OptimConfig,
+    meta: dict,
+    keep: int,
+    desc: str,
+    examples_per_step: int,
+    mesh,
+) -> dict:
+    """Train ``state`` to ``optim.steps`` steps, resuming from ``workdir`` if it holds a
+    checkpoint written for the same ``meta``.
+
+    ``step_fn(state, batch) -> (state, metrics)`` is the jitted step (it donates ``state``);
+    ``batch_fn(step)`` gives the batch of a step, a pure function of the step so a resumed
+    run sees the same data. Checkpoints every ``optim.checkpoint_every`` steps and at the
+    end, only after the losses of every step since the last check were found finite.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=keep)
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state, expected_meta=meta)
+    state = parallel.put_replicated(state, mesh)
+    start = int(state["step"])
+    progress = Progress(
+        workdir / "metrics.jsonl",
+        total=optim.steps,
+        start=start,
+        desc=desc,
+        examples_per_step=examples_per_step,
+    )
+    pending: list[tuple[int, dict]] = []
+    try:
+        for step in range(start, optim.steps):
+            state, metrics = step_fn(state, batch_fn(step))
+            done = step + 1
+            pending.append((done, metrics))
+            last = done == optim.steps
+            if done % optim.log_every == 0 or done % optim.checkpoint_every == 0 or last:
+                history = jax.device_get(pending)
+                pending = []
+                check_finite(history)
+                if done % optim.log_every == 0 or last:
+                    progress.log(done, history[-1][1])
+            if done % optim.checkpoint_every == 0 or last:
+                checkpoints.save(done, state, meta)
+    finally:
+        progress.close()
+        checkpoints.close()
+    return state
+
+
+def restore_final(workdir: Path, template: dict, meta: dict) -> dict:
+    """The latest checkpointed state of a finished (or interrupted) run."""
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    try:
+        return checkpoints.restore(template, expected_meta=meta)
+    finally:
+        checkpoints.close()

@@ -1,0 +1,211 @@
+"""Train the simulator G against a frozen classifier, on the paper's one summed objective."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.stats
+
+from jaxinterp.losses import INJECT, REMOVE
+from jaxinterp.nn import Simulator
+from jaxinterp.objective import simulator_objective
+from train import loop, parallel
+from train.classifier import (
+    classifier_meta,
+    load_classifier,
+    make_optimizer,
+    predict_logits,
+    variables_of,
+)
+from train.config import TrainConfig, to_dict
+from train.datasets import Dataset, batch_indices, load_dataset
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def simulator_meta(config: TrainConfig) -> dict:
+    """What a simulator checkpoint must have been trained with to be resumed or used."""
+    optim = to_dict(config.simulator_optim)
+    for resumable in ("steps", "log_every", "checkpoint_every"):
+        optim.pop(resumable)
+    config_dict = {
+        "classifier": classifier_meta(config)["config"],
+        "simulator": to_dict(config.simulator),
+        "objective": to_dict(config.objective),
+        "optim": optim,
+        "dtype": config.dtype,
+        "seed": config.seed,
+    }
+    return {"config": config_dict}
+
+
+def init_state(config: TrainConfig, sample: np.ndarray):
+    model = Simulator(config.simulator, dtype=DTYPES[config.dtype])
+    x = jnp.asarray(sample[:2])
+    variables = model.init(
+        {"params": jax.random.key(config.seed + 2), "dropout": jax.random.key(0)},
+        x,
+        jnp.array([INJECT, REMOVE]),
+    )
+    optim = config.simulator_optim
+    optimizer = make_optimizer(optim.learning_rate, optim.weight_decay)
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": variables["params"],
+        "batch_stats": variables.get("batch_stats", {}),
+        "opt_state": optimizer.init(variables["params"]),
+    }
+    return model, state, optimizer
+
+
+def make_step(model: Simulator, classifier, optimizer, config: TrainConfig, mesh):
+    """The jitted ``step(state, (classifier_variables, controls, patients))``."""
+
+    def step(state, batch):
+        classifier_variables, controls, patients = batch
+        rng = jax.random.fold_in(jax.random.key(config.seed + 3), state["step"])
+        grad_fn = jax.value_and_grad(simulator_objective, has_aux=True)
+        (_, (metrics, batch_stats)), grads = grad_fn(
+            state["params"],
+            state["batch_stats"],
+            classifier_variables,
+            controls,
+            patients,
+            rng,
+            simulator=model,
+            classifier=classifier,
+            config=config.objective,
+        )
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "step": state["step"] + 1,
+            "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+        }
+        return new_state, metrics
+
+    data = parallel.batch_sharding(mesh)
+    rep = parallel.replicated(mesh)
+    return jax.jit(
+        step, donate_argnums=0, in_shardings=(rep, (rep, data, data)), out_shardings=(rep, rep)
+    )
+
+
+def simulate(
+    model: Simulator, variables: dict, images: np.ndarray, task: int, *, batch_size: int = 16
+):
+    """Inference-mode simulated images and fields of many images (fields None for images)."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, jnp.full((x.shape[0],), task), train=False))
+    sims, fields = [], []
+    for i in range(0, len(images), batch_size):
+        out = apply(variables, jnp.asarray(images[i : i + batch_size]))
+        sims.append(np.asarray(out.image))
+        fields.append(None if out.displacement is None else np.asarray(out.displacement))
+    return np.concatenate(sims), (None if fields[0] is None else np.concatenate(fields))
+
+
+def logit_report(
+    raw: np.ndarray, simulated: np.ndarray, cycled: np.ndarray, task: int, delta: float
+) -> dict:
+    """How far simulation moved the frozen classifier's logits, and whether order was kept."""
+    shift = (simulated - raw) * (1 - 2 * task)
+    return {
+        "n": int(raw.size),
+        "mean_shift": float(np.mean(shift)),
+        "fraction_shift_at_least_delta": float(np.mean(shift >= delta)),
+        "spearman_raw_simulated": float(scipy.stats.spearmanr(raw, simulated).statistic),
+        "spearman_raw_cycled": float(scipy.stats.spearmanr(raw, cycled).statistic),
+        "mean_abs_cycle_logit_error": float(np.mean(np.abs(cycled - raw))),
+    }
+
+
+def evaluate(
+    config: TrainConfig, model, variables, classifier, classifier_variables, dataset: Dataset
+) -> dict:
+    """Raw, simulated and cycled-back logits of the held-out images, per direction."""
+    report = {}
+    for task, label, name in ((INJECT, 0, "inject"), (REMOVE, 1, "remove")):
+        idx = dataset.subset("test", label)
+        if idx.size < 2:
+            continue
+        images = dataset.images[idx]
+        simulated, _ = simulate(model, variables, images, task)
+        cycled, _ = simulate(model, variables, simulated, 1 - task)
+        logits = [
+            predict_logits(classifier, classifier_variables, im)
+            for im in (images, simulated, cycled)
+        ]
+        report[name] = logit_report(*logits, task=task, delta=config.objective.delta)
+    return report
+
+
+def train_simulator(
+    config: TrainConfig, workdir: str | Path, *, dataset: Dataset | None = None, mesh=None
+) -> dict:
+    """Train (or resume) the simulator in ``workdir/simulator`` against the classifier
+    trained in ``workdir/classifier``, which stays frozen (inference mode, no gradient).
+
+    Each step takes ``batch_size`` training controls (disease injected) and as many
+    training patients (disease removed). Writes ``checkpoints/``, ``metrics.jsonl`` and
+    ``summary.json`` (the held-out images' logit shifts) and returns the summary.
+    """
+    parallel.initialize_distributed()
+    root = Path(workdir)
+    workdir = root / "simulator"
+    dataset = dataset if dataset is not None else load_dataset(config.data, seed=config.seed)
+    classifier, classifier_variables = load_classifier(config, root, dataset.images)
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    optim = config.simulator_optim
+    parallel.check_batch(optim.batch_size, mesh, "simulator batch size (per direction)")
+    model, state, optimizer = init_state(config, dataset.images)
+    controls = dataset.subset("train", 0)
+    patients = dataset.subset("train", 1)
+    rows = parallel.local_rows(optim.batch_size)
+    classifier_variables = parallel.put_replicated(classifier_variables, mesh)
+
+    def batch_fn(step):
+        pick = lambda pool, stream: batch_indices(
+            pool, optim.batch_size, step, seed=config.seed, stream=stream
+        )[rows]
+        put = lambda idx: parallel.put_batch(dataset.images[idx], mesh, optim.batch_size)
+        return classifier_variables, put(pick(controls, 1)), put(pick(patients, 2))
+
+    state = loop.run(
+        workdir=workdir,
+        state=state,
+        step_fn=make_step(model, classifier, optimizer, config, mesh),
+        batch_fn=batch_fn,
+        optim=optim,
+        meta=simulator_meta(config),
+        keep=config.keep_checkpoints,
+        desc="simulator",
+        examples_per_step=2 * optim.batch_size,
+        mesh=mesh,
+    )
+    variables = jax.device_get(variables_of(state))
+    summary = {"step": int(state["step"]),
+               "test": evaluate(config, model, variables, classifier,
+                                jax.device_get(classifier_variables), dataset)}  # fmt: skip
+    if jax.process_index() == 0:
+        loop.write_json(workdir / "summary.json", summary)
+    return summary
+
+
+def load_simulator(config: TrainConfig, workdir: str | Path, sample: np.ndarray):
+    """The trained simulator of ``workdir/simulator`` as ``(module, variables)``."""
+    directory = Path(workdir) / "simulator"
+    if not (directory / "checkpoints").is_dir():
+        raise FileNotFoundError(
+            f"no trained simulator in {directory}; run `jaxinterp train-simulator` first"
+        )
+    model, template, _ = init_state(config, sample)
+    state = loop.restore_final(directory, template, simulator_meta(config))
+    return model, variables_of(state)
+
+
+__all__ = ["load_simulator", "simulate", "train_simulator"]
