@@ -22,10 +22,11 @@ from jaxinterp.objective import ObjectiveConfig
 class DataConfig:
     """Where the images come from."""
 
-    kind: Literal["synth2d", "npz", "table"] = "synth2d"
+    kind: Literal["synth2d", "synth3d", "npz", "table"] = "synth2d"
     path: str | None = None  # .npz (images, labels) or a CSV/TSV scan table (kind "table")
-    n_per_group: int = 512  # synth2d: images per group
-    shape: tuple[int, ...] = (32, 32, 32)  # model grid for scan tables
+    n_per_group: int = 512  # synth2d / synth3d: images per group
+    shape: tuple[int, ...] = (32, 32, 32)  # model grid (scan tables and synth3d)
+    regions: str | None = None  # synth3d: a regions JSON (None = the shipped pattern)
     test_fraction: float = 0.2  # held-out fraction (subject-level for tables)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxinterp import data as scan_data
-from jaxinterp import synth2d
+from jaxinterp import synth2d, synth3d
 from train.config import DataConfig
 
 
@@ -41,6 +41,18 @@ def load_dataset(config: DataConfig, *, seed: int) -> Dataset:
     if config.kind == "synth2d":
         arrays = synth2d.make_synth2d(n_per_group=config.n_per_group, seed=seed)
         return _from_arrays(arrays, config, seed)
+    if config.kind == "synth3d":
+        cohort = synth3d.make_cohort(
+            n_controls=config.n_per_group,
+            n_patients=config.n_per_group,
+            shape=tuple(config.shape),
+            regions=config.regions,
+            seed=seed,
+        )
+        arrays = {"images": cohort.images[..., None], "labels": cohort.labels}
+        return dataclasses.replace(
+            _from_arrays(arrays, config, seed), affine=cohort.affine, names=cohort.subjects
+        )
     if config.kind == "npz":
         path = _existing(config.path, "an .npz file with 'images' and 'labels'")
         with np.load(path) as f:
@@ -69,7 +81,7 @@ def load_dataset(config: DataConfig, *, seed: int) -> Dataset:
             affine=affine,
             names=tuple(str(s.path) for s in scans),
         )
-    raise ValueError(f"unknown data kind {config.kind!r}: use synth2d, npz or table")
+    raise ValueError(f"unknown data kind {config.kind!r}: use synth2d, synth3d, npz or table")
 
 
 def _existing(path: str | None, what: str) -> Path:

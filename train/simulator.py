@@ -145,10 +145,17 @@ def evaluate(
 
 
 def train_simulator(
-    config: TrainConfig, workdir: str | Path, *, dataset: Dataset | None = None, mesh=None
+    config: TrainConfig,
+    workdir: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    mesh=None,
+    name: str = "simulator",
 ) -> dict:
     """Train (or resume) the simulator in ``workdir/simulator`` against the classifier
     trained in ``workdir/classifier``, which stays frozen (inference mode, no gradient).
+    ``name`` is the simulator's folder in ``workdir`` (several simulators, e.g. ablations,
+    can explain one classifier).
 
     Each step takes ``batch_size`` training controls (disease injected) and as many
     training patients (disease removed). Writes ``checkpoints/``, ``metrics.jsonl`` and
@@ -156,7 +163,7 @@ def train_simulator(
     """
     parallel.initialize_distributed()
     root = Path(workdir)
-    workdir = root / "simulator"
+    workdir = root / name
     dataset = dataset if dataset is not None else load_dataset(config.data, seed=config.seed)
     classifier, classifier_variables = load_classifier(config, root, dataset.images)
     mesh = mesh if mesh is not None else parallel.make_mesh()
@@ -196,9 +203,11 @@ def train_simulator(
     return summary
 
 
-def load_simulator(config: TrainConfig, workdir: str | Path, sample: np.ndarray):
-    """The trained simulator of ``workdir/simulator`` as ``(module, variables)``."""
-    directory = Path(workdir) / "simulator"
+def load_simulator(
+    config: TrainConfig, workdir: str | Path, sample: np.ndarray, *, name: str = "simulator"
+):
+    """The trained simulator of ``workdir/NAME`` as ``(module, variables)``."""
+    directory = Path(workdir) / name
     if not (directory / "checkpoints").is_dir():
         raise FileNotFoundError(
             f"no trained simulator in {directory}; run `jaxinterp train-simulator` first"
