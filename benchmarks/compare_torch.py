@@ -18,9 +18,13 @@ sizes BOTH sides use the same widths with the bottleneck's flattened width adapt
 (``ResizedConvnetSkipConnection``; 16 (s/16)^3 values instead of 1024), which is not the
 original model. Timings: warm-up (the first call, JAX's compilation, reported apart), then
 the median of ``--repeats`` calls, each synchronised. Ratios are PyTorch / JAX, measured in
-this run. Peak memory is reported on GPUs only.
+this run. Peak memory is reported on GPUs only. ``--dtype bfloat16``: JAX computes the
+convolutions and dense layers in bfloat16 (float32 parameters); PyTorch runs under
+``torch.autocast(bfloat16)``, where the reference's ``loop`` CondConv fails (its
+``tensordot`` mixes dtypes); the failure is recorded and the run goes on.
 
-Run from the repository root (CPU smoke test, about a minute on 2 cores)::
+Run from the repository root (CPU smoke test, about a minute on 2 cores; ``python
+benchmarks/compare_torch.py`` works too)::
 
     python -m benchmarks.compare_torch --sizes 32 --batches 1 --repeats 2
 
@@ -45,6 +49,8 @@ from typing import Any
 
 # Let PyTorch share the GPU, and make JAX's peak-memory statistic mean something.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+if not __package__:  # run as a file, python benchmarks/compare_torch.py: find the packages
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax  # noqa: E402
 import jax  # noqa: E402
@@ -278,11 +284,18 @@ class Bench:
         return result
 
     def measure_torch(self, base: dict, impl: str, fn: Callable[[], Any], check=None) -> None:
-        """As ``measure_jax``, for PyTorch (peak memory measured from here)."""
+        """As ``measure_jax``, for PyTorch (peak memory measured from here). A variant that
+        fails (the reference's ``loop`` CondConv mixes dtypes under bfloat16 autocast) is
+        recorded with its error and the run goes on."""
+        row = {**base, "framework": "torch", "variant": impl}
         self.torch_memory(reset=True)
-        m = median_time(fn, self.torch_sync, self.args.repeats)
+        try:
+            m = median_time(fn, self.torch_sync, self.args.repeats)
+        except RuntimeError as err:
+            self.record({**row, "median_s": None, "error": str(err).splitlines()[0]})
+            return
         result = m.pop("result")
-        row = {**base, "framework": "torch", "variant": impl, **m}
+        row.update(m)
         self.record({**row, "peak_bytes": self.torch_memory(), **(check(result) if check else {})})
 
     def explain(self, size, fns, variables, models, one) -> None:
@@ -330,7 +343,8 @@ class Bench:
         params, batch_stats = jax.tree.map(
             jnp.copy, (variables["params"], variables["batch_stats"])
         )
-        state = [(params, batch_stats, fns["tx"].init(params))]
+        # Committed to the device like the step's outputs, or the second call recompiles.
+        state = [jax.device_put((params, batch_stats, fns["tx"].init(params)), self.jax_device)]
         key = jax.random.key(0)
 
         def run_jax():
@@ -403,8 +417,9 @@ def markdown_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (op, size, batch), t in keyed.items():
-        ms = lambda name: f"{1e3 * t[name]:.1f}" if name in t else "-"  # noqa: B023
-        ratio = lambda name: f"{t[name] / t['jax']:.2f}x" if name in t and "jax" in t else "-"  # noqa: B023
+        ok = lambda name: t.get(name) is not None  # noqa: B023
+        ms = lambda name: f"{1e3 * t[name]:.1f}" if ok(name) else "failed"  # noqa: B023
+        ratio = lambda name: f"{t[name] / t['jax']:.2f}x" if ok(name) and ok("jax") else "-"  # noqa: B023
         lines.append(
             f"| {op} | {size}^3 | {batch} | {ms('jax')} | {ms('torch loop')} "
             f"| {ms('torch batched')} | {ratio('torch loop')} | {ratio('torch batched')} |"

@@ -121,6 +121,12 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.array(value, copy=True)
 
 
+def _names(names: list[str], limit: int = 8) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{names[:limit]}{more}"
+
+
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Drop the ``module.`` prefix ``nn.DataParallel`` puts on every name."""
     if state_dict and all(k.startswith("module.") for k in state_dict):
@@ -143,13 +149,13 @@ def _convert(
     known = {name for name, *_ in entries}
     missing = [name for name in known if name not in state_dict]
     if missing:
-        raise ValueError(f"{what}: state dict lacks tensor(s) {sorted(missing)}")
+        raise ValueError(f"{what}: state dict lacks tensor(s) {_names(missing)}")
     unexpected = [
         name for name in state_dict if name not in known and not any(s in name for s in IGNORED)
     ]
     if unexpected:
         raise ValueError(
-            f"{what}: unexpected tensor(s) {sorted(unexpected)}; is this the right model's "
+            f"{what}: unexpected tensor(s) {_names(unexpected)}; is this the right model's "
             "state dict?"
         )
 
