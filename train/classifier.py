@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -80,13 +81,19 @@ def make_step(model: Classifier, optimizer, seed: int, mesh):
     )
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def _logits_batch(model: Classifier, variables: dict, images: jax.Array) -> jax.Array:
+    return model.apply(variables, images, train=False)
+
+
 def predict_logits(
     model: Classifier, variables: dict, images: np.ndarray, *, batch_size: int = 64
 ) -> np.ndarray:
     """Inference-mode logits of many images, in batches."""
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    out = [np.asarray(apply(variables, jnp.asarray(images[i : i + batch_size])))
-           for i in range(0, len(images), batch_size)]  # fmt: skip
+    out = [
+        np.asarray(_logits_batch(model, variables, jnp.asarray(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 

@@ -61,6 +61,12 @@ def run(
         for step in range(start, optim.steps):
             state, metrics = step_fn(state, batch_fn(step))
             done = step + 1
+            if pending:
+                # At most two steps in flight: the host prepares the next batch while the
+                # devices run, but never queues many steps. (XLA's CPU runtime can deadlock
+                # in a cross-device all-reduce when many steps over several host devices
+                # are queued at once.)
+                jax.block_until_ready(pending[-1][1])
             pending.append((done, metrics))
             last = done == optim.steps
             if done % optim.log_every == 0 or done % optim.checkpoint_every == 0 or last:

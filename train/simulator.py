@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -96,14 +97,18 @@ def make_step(model: Simulator, classifier, optimizer, config: TrainConfig, mesh
     )
 
 
+@functools.partial(jax.jit, static_argnames=("model", "task"))
+def _simulate_batch(model: Simulator, variables: dict, images: jax.Array, task: int):
+    return model.apply(variables, images, jnp.full((images.shape[0],), task), train=False)
+
+
 def simulate(
     model: Simulator, variables: dict, images: np.ndarray, task: int, *, batch_size: int = 16
 ):
     """Inference-mode simulated images and fields of many images (fields None for images)."""
-    apply = jax.jit(lambda v, x: model.apply(v, x, jnp.full((x.shape[0],), task), train=False))
     sims, fields = [], []
     for i in range(0, len(images), batch_size):
-        out = apply(variables, jnp.asarray(images[i : i + batch_size]))
+        out = _simulate_batch(model, variables, jnp.asarray(images[i : i + batch_size]), task)
         sims.append(np.asarray(out.image))
         fields.append(None if out.displacement is None else np.asarray(out.displacement))
     return np.concatenate(sims), (None if fields[0] is None else np.concatenate(fields))

@@ -1,0 +1,410 @@
+"""Explain and report on a tiny synthetic cohort (16^3): NIfTI outputs on the model grid,
+the field and its log volume change, a scan stored flipped on disk, group maps, regional
+OLS against numpy.linalg.lstsq, evaluation against the truth, refusals, the report."""
+
+import argparse
+import csv
+import json
+import math
+import shutil
+
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+import scipy.stats
+
+import jaxinterp as ji
+from jaxinterp import synth3d
+from jaxinterp.data import load_volume, model_grid_affine
+from train import explain as ex
+from train import load_config, train_classifier, train_simulator
+from train import report as rp
+from train.classifier import load_classifier, predict_logits
+
+SHAPE = (16, 16, 16)
+METHODS = ex.METHODS
+TINY = [
+    "data.kind='table'",
+    f"data.shape={SHAPE}",
+    "data.n_per_group=6",
+    "classifier.features=(4,)",
+    "classifier.hidden=8",
+    "classifier_optim.steps=4",
+    "classifier_optim.batch_size=4",
+    "classifier_optim.learning_rate=0.01",
+    "classifier_optim.log_every=4",
+    "classifier_optim.checkpoint_every=4",
+    "simulator.features=(4, 4)",
+    "simulator.bottleneck=8",
+    "simulator_optim.steps=2",
+    "simulator_optim.batch_size=4",
+    "simulator_optim.log_every=2",
+    "simulator_optim.checkpoint_every=2",
+]
+ATLAS_NAMES = {1: "ventricles", 2: "frontal_left", 3: "frontal_right", 4: "rest"}
+FLIPPED = "flip-0006"  # a copy of sub-0006 (a patient) stored flipped along axis 0
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _load(path):
+    img = nib.load(path)
+    return np.asarray(img.get_fdata(dtype=np.float32)), img
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Cohort, trained networks, one explain run (native, occlusion, atlas), the inputs."""
+    root = tmp_path_factory.mktemp("explain")
+    cohort = synth3d.make_cohort(n_controls=6, n_patients=6, shape=SHAPE, seed=0)
+    table = synth3d.write_cohort(root / "cohort", cohort)
+    config = load_config("brain3d_32", [*TINY, f"data.path='{table}'"])
+    workdir = root / "run"
+    train_classifier(config, workdir)
+    train_simulator(config, workdir)
+
+    # A table with covariates and one scan stored flipped on disk (same place in the world).
+    img = nib.load(table.parent / "images" / "sub-0006.nii.gz")
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1.0, img.shape[0] - 1
+    nib.save(
+        nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine @ flip),
+        table.parent / "images" / f"{FLIPPED}.nii.gz",
+    )
+    rng = np.random.default_rng(0)
+    rows = _rows(table)
+    rows.append({**rows[6], "path": f"images/{FLIPPED}.nii.gz", "subject": FLIPPED})
+    for i, row in enumerate(rows):
+        row["age"] = f"{rng.uniform(60, 80):.2f}"
+        row["site"] = "AB"[i % 2]
+    plus = table.parent / "cohort_plus.csv"
+    with plus.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    # An atlas at twice the resolution (nearest-neighbour brings it back exactly).
+    labels = np.zeros(SHAPE, np.int16)
+    labels[cohort.brain_mask] = 4
+    for k, name in ATLAS_NAMES.items():
+        if name in cohort.region_masks:
+            labels[cohort.region_masks[name]] = k
+    fine = labels.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    (root / "atlas").mkdir()
+    atlas = root / "atlas" / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(fine, model_grid_affine(cohort.affine, SHAPE, (32, 32, 32))), atlas)
+
+    out = root / "out"
+    summary = ex.explain(
+        config,
+        workdir,
+        plus,
+        out,
+        native=True,
+        batch_size=8,
+        methods=METHODS,
+        occlusion=True,
+        occlusion_window=4,
+        occlusion_stride=4,
+        ig_steps=2,
+        atlas=atlas,
+        atlas_names=ATLAS_NAMES,
+        covariates=("age", "site"),
+    )
+    return {
+        "config": config,
+        "workdir": workdir,
+        "table": plus,
+        "out": out,
+        "cohort": cohort,
+        "summary": summary,
+        "labels": labels,
+        "root": root,
+    }
+
+
+def test_outputs_on_the_model_grid(run):
+    out, cohort = run["out"], run["cohort"]
+    assert (out / "COMPLETE").is_file()
+    rows = _rows(out / "scans.csv")
+    assert len(rows) == 13 and rows[-1]["subject"] == FLIPPED
+    for row in rows:
+        folder = out / "scans" / row["scan_id"]
+        _, model_affine, _ = load_volume(row["path"], shape=SHAPE)
+        np.testing.assert_allclose(model_affine, cohort.affine, atol=1e-6)
+        for name in (
+            "simulated",
+            "log_volume_change",
+            "displacement",
+            *[f"saliency_{m}" for m in METHODS],
+        ):
+            data, img = _load(folder / f"{name}.nii.gz")
+            np.testing.assert_allclose(img.affine, model_affine, atol=1e-5)
+            assert data.shape == (*SHAPE, 3) if name == "displacement" else SHAPE
+            assert np.isfinite(data).all()
+        descrip = nib.load(folder / "displacement.nii.gz").header["descrip"].tobytes().decode()
+        assert "voxels" in descrip and "pull-back" in descrip
+    assert {r["task"] for r in rows if r["label"] == "0"} == {"inject"}
+    assert {r["task"] for r in rows if r["label"] == "1"} == {"remove"}
+
+
+def test_log_volume_change_is_that_of_the_saved_field(run):
+    for row in _rows(run["out"] / "scans.csv")[:3]:
+        folder = run["out"] / "scans" / row["scan_id"]
+        field, _ = _load(folder / "displacement.nii.gz")
+        lvc, _ = _load(folder / "log_volume_change.nii.gz")
+        expected = np.asarray(ji.log_volume_change(jnp.asarray(field)))
+        np.testing.assert_allclose(lvc, expected, atol=1e-5)
+        folding = float(ji.folding_fraction(jnp.asarray(field)))
+        assert float(row["folding_fraction"]) == pytest.approx(folding, abs=1e-7)
+
+
+def test_logits_are_the_classifiers(run):
+    rows = _rows(run["out"] / "scans.csv")
+    images = np.stack([load_volume(r["path"], shape=SHAPE)[0] for r in rows])[..., None]
+    model, variables = load_classifier(run["config"], run["workdir"], images)
+    logits = predict_logits(model, variables, images)
+    np.testing.assert_allclose([float(r["logit_raw"]) for r in rows], logits, atol=1e-5)
+    for r in rows:
+        sign = 1 if r["task"] == "inject" else -1
+        shift = (float(r["logit_simulated"]) - float(r["logit_raw"])) * sign
+        assert float(r["logit_shift"]) == pytest.approx(shift, abs=1e-6)
+
+
+def test_scan_stored_flipped_gives_the_same_map_in_world_space(run):
+    out = run["out"]
+    for name in ("log_volume_change", "displacement", "simulated"):
+        a, img_a = _load(out / "scans" / "sub-0006" / f"{name}.nii.gz")
+        b, img_b = _load(out / "scans" / FLIPPED / f"{name}.nii.gz")
+        np.testing.assert_allclose(img_a.affine, img_b.affine)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # Native space: the flipped scan's map is stored flipped, with the flipped affine.
+    a, img_a = _load(out / "scans" / "sub-0006" / "native" / "log_volume_change.nii.gz")
+    b, img_b = _load(out / "scans" / FLIPPED / "native" / "log_volume_change.nii.gz")
+    flipped = nib.load(run["table"].parent / "images" / f"{FLIPPED}.nii.gz")
+    np.testing.assert_allclose(img_b.affine, flipped.affine, atol=1e-5)
+    np.testing.assert_allclose(b[::-1], a, atol=1e-5)
+    field, img = _load(out / "scans" / FLIPPED / "native" / "displacement_mm.nii.gz")
+    assert field.shape == (*SHAPE, 3)
+    assert "mm" in img.header["descrip"].tobytes().decode()
+
+
+def test_group_maps_are_mean_and_t_of_the_subject_maps(run):
+    out = run["out"]
+    rows = _rows(out / "scans.csv")
+    for task in ("inject", "remove"):
+        maps = np.stack(
+            [
+                _load(out / "scans" / r["scan_id"] / "log_volume_change.nii.gz")[0]
+                for r in rows
+                if r["task"] == task
+            ]
+        )
+        mean, img = _load(out / "group" / f"log_volume_change_{task}_mean.nii.gz")
+        t, _ = _load(out / "group" / f"log_volume_change_{task}_t.nii.gz")
+        np.testing.assert_allclose(img.affine, run["cohort"].affine, atol=1e-5)
+        np.testing.assert_allclose(mean, maps.mean(0), atol=1e-6)
+        varies = maps.std(0) > 1e-3
+        reference = scipy.stats.ttest_1samp(maps[:, varies].astype(np.float64), 0.0).statistic
+        np.testing.assert_allclose(t[varies], reference, rtol=1e-3, atol=1e-3)
+    for m in METHODS:
+        for group in ("control", "patient"):
+            assert (out / "group" / f"saliency_{m}_{group}_absmean.nii.gz").is_file()
+    drop, _ = _load(out / "group" / "occlusion_accuracy_drop.nii.gz")
+    assert drop.shape == SHAPE and np.isfinite(drop).all() and np.abs(drop).max() <= 1.0
+    assert run["summary"]["occlusion"]["window"] == [4, 4, 4]
+    assert ex.occlusion_geometry((64, 64, 64)) == ((8, 8, 8), (4, 4, 4))
+    assert ex.occlusion_geometry((32, 16, 64)) == ((4, 2, 8), (2, 1, 4))
+
+
+def test_regions_per_scan_and_ols_against_lstsq(run):
+    out = run["out"]
+    rows = _rows(out / "regions.csv")
+    scans = _rows(out / "scans.csv")
+    assert [r["subject"] for r in rows] == [s["subject"] for s in scans]
+    present = sorted(set(np.unique(run["labels"]).tolist()) - {0})
+    names = [ATLAS_NAMES[k] for k in present]
+    assert list(rows[0])[-len(names) :] == names
+    for row, scan in zip(rows, scans):
+        lvc, _ = _load(out / "scans" / scan["scan_id"] / "log_volume_change.nii.gz")
+        for k, name in zip(present, names):
+            assert float(row[name]) == pytest.approx(
+                float(lvc[run["labels"] == k].mean()), abs=1e-6
+            )
+    stats = {r["region"]: r for r in _rows(out / "region_stats.csv")}
+    group = np.array([float(r["label"]) for r in rows])
+    age = np.array([float(r["age"]) for r in rows])
+    site = np.array([r["site"] == "B" for r in rows], float)
+    x = np.column_stack([np.ones_like(group), group, age, site])
+    for name in names:
+        y = np.array([float(r[name]) for r in rows])
+        beta, rss, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+        df = len(y) - x.shape[1]
+        se = math.sqrt(rss[0] / df * np.linalg.inv(x.T @ x)[1, 1])
+        t = beta[1] / se
+        assert float(stats[name]["beta"]) == pytest.approx(beta[1], rel=1e-5, abs=1e-9)
+        assert float(stats[name]["t"]) == pytest.approx(t, rel=1e-4)
+        assert float(stats[name]["p"]) == pytest.approx(2 * scipy.stats.t.sf(abs(t), df), rel=1e-4)
+        assert int(stats[name]["df"]) == df and stats[name]["covariates"] == "age site=B"
+
+
+def test_ols_group_test_matches_lstsq_and_flags_rank_deficiency():
+    rng = np.random.default_rng(1)
+    n = 30
+    group = np.repeat([0.0, 1.0], n // 2)
+    cov = rng.normal(size=(n, 2))
+    y = 0.5 * group + cov @ [0.3, -0.2] + rng.normal(scale=0.1, size=n)
+    result = ex.ols_group_test(y, group, cov)
+    x = np.column_stack([np.ones(n), group, cov])
+    beta, rss, _, _ = np.linalg.lstsq(x, y, rcond=None)
+    se = math.sqrt(rss[0] / (n - 4) * np.linalg.inv(x.T @ x)[1, 1])
+    assert result["beta"] == pytest.approx(beta[1], rel=1e-10)
+    assert result["se"] == pytest.approx(se, rel=1e-8)
+    assert result["p"] == pytest.approx(2 * scipy.stats.t.sf(abs(beta[1] / se), n - 4), rel=1e-6)
+    # Without covariates the group t test is the pooled two-sample t test.
+    plain = ex.ols_group_test(y, group)
+    ref = scipy.stats.ttest_ind(y[group == 1], y[group == 0])
+    assert plain["t"] == pytest.approx(ref.statistic, rel=1e-8)
+    assert plain["p"] == pytest.approx(ref.pvalue, rel=1e-6)
+    collinear = ex.ols_group_test(y, group, group[:, None] * 2.0)
+    assert math.isnan(collinear["t"]) and collinear["df"] == 0
+    q = ex.benjamini_hochberg([0.01, 0.04, math.nan, 0.03])
+    np.testing.assert_allclose(q, [0.03, 0.04, np.nan, 0.04])
+
+
+def test_evaluation_against_the_truth(run):
+    out = run["out"]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    maps = evaluation["maps"]
+    expected = {
+        "simulator_inject",
+        "simulator_remove",
+        "occlusion",
+        "intensity_difference",
+        "abs_truth",
+        *[f"{m}_{g}" for m in METHODS for g in ("control", "patient")],
+    }
+    assert set(maps) == expected
+    assert maps["abs_truth"]["group"]["ncc_abs"] == pytest.approx(1.0, abs=1e-5)
+    truth, _ = _load(out / "group" / "truth.nii.gz")
+    np.testing.assert_allclose(truth, run["cohort"].group_truth, atol=1e-6)
+    brain = run["cohort"].brain_mask
+    for task, sign in (("inject", 1.0), ("remove", -1.0)):
+        mean, _ = _load(out / "group" / f"log_volume_change_{task}_mean.nii.gz")
+        score = float(ji.ncc(jnp.asarray(mean), jnp.asarray(sign * truth), mask=brain))
+        entry = maps[f"simulator_{task}"]
+        assert entry["group"]["ncc_signed"] == pytest.approx(score, abs=1e-5)
+        assert entry["subjects"]["ncc_signed"]["n"] == (6 if task == "inject" else 7)
+        for region, r in entry["regions"].items():
+            mask = run["cohort"].region_masks[region]
+            assert r["map_mean"] == pytest.approx(float(mean[mask].mean()), abs=1e-6)
+            assert r["sign_agrees"] == (np.sign(r["map_mean"]) == np.sign(r["expected_mean"]))
+    rows = _rows(out / "scans.csv")
+    assert all(r["ncc_truth"] != "" for r in rows)
+
+
+def test_refusals_and_clear_errors(run, tmp_path):
+    config, workdir, table, out = run["config"], run["workdir"], run["table"], run["out"]
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(FileExistsError, match="not empty"):
+        ex.explain(config, workdir, table, out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    with pytest.raises(FileExistsError, match="not the output"):
+        ex.explain(config, workdir, table, table.parent, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ex.explain(config, tmp_path / "nowhere", table, tmp_path / "o1")
+    (tmp_path / "half").mkdir()
+    shutil.copytree(workdir / "classifier", tmp_path / "half" / "classifier")
+    with pytest.raises(FileNotFoundError, match="no trained simulator"):
+        ex.explain(config, tmp_path / "half", table, tmp_path / "o2")
+    with pytest.raises(ValueError, match="unknown saliency method"):
+        ex.explain(config, workdir, table, tmp_path / "o3", methods=("gradcam",))
+    # An earlier explain output that holds an input is never replaced.
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / ex.MANIFEST).write_text(json.dumps({"kind": ex.KIND}))
+    rows = _rows(table)
+    for row in rows:
+        row["path"] = str(table.parent / row["path"])
+    with (fake / "table.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(ValueError, match="inside the output folder"):
+        ex.explain(config, workdir, fake / "table.csv", fake, overwrite=True)
+    assert (fake / "table.csv").is_file()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_report_writes_figures_and_page(run, tmp_path):
+    parser = argparse.ArgumentParser()
+    rp.add_arguments(parser)
+    args = parser.parse_args(["--explain", str(run["out"]), "--out", str(tmp_path / "report")])
+    page = rp.run(args)["page"]
+    text = open(page).read()
+    figures = sorted((tmp_path / "report" / "figures").glob("*.png"))
+    names = {p.stem for p in figures}
+    assert {
+        "logits",
+        "log_volume_change_inject_mean",
+        "log_volume_change_remove_t",
+        "truth",
+        "occlusion_accuracy_drop",
+        "saliency_grad_cam_patient_mean",
+    } <= names
+    for p in figures:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{p.name}" in text
+    assert "Evaluation against the truth" in text and "simulator_inject" in text
+    assert "## Regions" in text
+    with pytest.raises(FileExistsError):
+        rp.report(run["out"], tmp_path / "report")
+    rp.report(run["out"], tmp_path / "report", overwrite=True, background="mean")
+    with pytest.raises(FileNotFoundError, match="COMPLETE"):
+        rp.report(tmp_path, tmp_path / "r2")
+
+
+def test_explain_from_command_line_arguments(run, tmp_path):
+    parser = argparse.ArgumentParser()
+    ex.add_arguments(parser)
+    table = run["table"].parent / "cohort.csv"
+    overrides = [x for o in [*TINY, f"data.path='{table}'"] for x in ("--set", o)]
+    argv = [
+        "--config",
+        "brain3d_32",
+        "--workdir",
+        str(run["workdir"]),
+        "--table",
+        str(table),
+        "--out",
+        str(tmp_path / "cli"),
+        "--methods",
+        "none",
+        "--batch-size",
+        "5",
+        *overrides,
+    ]
+    args = parser.parse_args(argv)
+    summary = ex.run(args)
+    assert summary["n_scans"] == 12 and summary["groups"] == {"control": 6, "patient": 6}
+    assert json.loads(json.dumps(summary)) == summary  # JSON-ready for the command's output
+    out = tmp_path / "cli"
+    assert (out / "COMPLETE").is_file() and not list(out.glob("group/saliency_*"))
+    assert not (out / "scans" / "sub-0000" / "native").exists()
+    # The same scans give the same maps whatever the batch size (5 here, 8 above).
+    a, _ = _load(out / "scans" / "sub-0011" / "log_volume_change.nii.gz")
+    b, _ = _load(run["out"] / "scans" / "sub-0011" / "log_volume_change.nii.gz")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # --overwrite replaces an earlier explain output as a whole.
+    (out / "stale.txt").write_text("from an earlier run")
+    with pytest.raises(FileExistsError):
+        ex.run(args)
+    ex.run(parser.parse_args([*argv, "--overwrite"]))
+    assert (out / "COMPLETE").is_file() and not (out / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    for text in (ex.FIELD_DESCRIP, ex.NATIVE_FIELD_DESCRIP, ex.LVC_DESCRIP):
+        assert len(text.encode("ascii")) <= 80
