@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import math
 import os
-import tempfile
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,8 @@ import nibabel as nib
 import nibabel.processing
 import numpy as np
 import scipy.ndimage
+
+from jaxinterp.atomic import atomic_path
 
 __all__ = [
     "DEFAULT_LABELS",
@@ -459,18 +460,8 @@ def save_nifti(
     if description is not None:
         img.header["descrip"] = description
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name[: -len(suffix)]}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -549,9 +540,3 @@ def _is_float(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxinterp.atomic import atomic_path, write_text
 
 __all__ = [
     "DIAGONAL",
@@ -259,8 +260,9 @@ def save_synth2d(
                 raise FileExistsError(f"{p} exists; pass overwrite=True to replace it")
     arrays = {k: np.asarray(v) for k, v in data.items()}
     text = json.dumps(recipe, indent=2, sort_keys=True) + "\n"
-    _atomic_write(data_path, lambda f: np.savez(f, **arrays))
-    _atomic_write(recipe_path, lambda f: f.write(text.encode("utf-8")))
+    with atomic_path(data_path) as tmp:  # the temporary name ends in .npz too
+        np.savez(tmp, **arrays)
+    write_text(recipe_path, text)
     return data_path, recipe_path
 
 
@@ -271,25 +273,3 @@ def load_synth2d(out_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         data = {k: npz[k] for k in npz.files}
     recipe = json.loads((out_dir / _RECIPE_FILE).read_text(encoding="utf-8"))
     return data, recipe
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Calls ``write(binary_file)`` on a temp file beside ``path``, then renames it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

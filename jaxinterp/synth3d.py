@@ -92,7 +92,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -106,6 +105,7 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 
+from jaxinterp.atomic import new_folder_beside, publish
 from jaxinterp.data import DataError, model_grid_affine, save_nifti
 from jaxinterp.jacobian import log_volume_change
 from jaxinterp.warp import compose, warp
@@ -932,25 +932,10 @@ def write_cohort(out_dir: str | os.PathLike, cohort: Cohort, *, overwrite: bool 
             raise FileExistsError(
                 f"{out_dir} exists and is not a synth3d cohort; refusing to replace it"
             )
-    parent = out_dir.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"{parent}: the parent folder does not exist")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    tmp = new_folder_beside(out_dir)
     try:
         _write_all(tmp, cohort)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.", suffix=".old"))
-            os.replace(out_dir, trash / "old")
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(trash / "old", out_dir)  # put the old cohort back
-                shutil.rmtree(trash, ignore_errors=True)
-                raise
-            shutil.rmtree(trash)
-        else:
-            os.rename(tmp, out_dir)  # fails if a non-empty out_dir appeared meanwhile
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1041,9 +1026,3 @@ def _is_cohort_dir(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return path.is_dir() and not path.is_symlink() and recipe.get("dataset") == _DATASET
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

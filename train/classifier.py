@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxinterp.atomic import write_json
 from jaxinterp.nn import Classifier
 from train import loop, parallel
 from train.config import TrainConfig, to_dict
@@ -39,13 +40,7 @@ def init_state(
     optimizer = make_optimizer(
         config.classifier_optim.learning_rate, config.classifier_optim.weight_decay
     )
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": variables["params"],
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": optimizer.init(variables["params"]),
-    }
-    return model, state, optimizer
+    return model, loop.new_state(variables, optimizer), optimizer
 
 
 def make_step(model: Classifier, optimizer, seed: int, mesh):
@@ -158,7 +153,7 @@ def train_classifier(
         logits = predict_logits(model, variables, dataset.images[idx])
         summary[split] = accuracy_report(logits, dataset.labels[idx])
     if jax.process_index() == 0:
-        loop.write_json(workdir / "summary.json", summary)
+        write_json(workdir / "summary.json", summary)
     return summary
 
 

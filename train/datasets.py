@@ -8,13 +8,13 @@ with exactly the examples an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from jaxinterp import data as scan_data
 from jaxinterp import synth2d, synth3d
+from jaxinterp.atomic import write_json
 from train.config import DataConfig
 
 
@@ -124,6 +124,4 @@ def save_split(path: Path, dataset: Dataset) -> None:
         "train": [dataset.names[i] for i in dataset.train],
         "test": [dataset.names[i] for i in dataset.test],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    write_json(path, payload)

@@ -74,7 +74,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -91,6 +90,7 @@ import scipy.stats
 from tqdm import tqdm
 
 from jaxinterp import saliency
+from jaxinterp.atomic import jsonable, new_folder_beside, publish, write_json, write_text
 from jaxinterp.data import DataError, Scan, VolumeInfo, load_volume, read_table, save_nifti
 from jaxinterp.data import resample_to_native as _resample_to_native
 from jaxinterp.jacobian import folding_fraction, log_volume_change
@@ -517,31 +517,12 @@ def _design(scans: Sequence[Scan], names: Sequence[str]) -> tuple[np.ndarray, li
 # ------------------------------------------------------------------------------ writing
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_json(path: Path, payload: Any) -> None:
-    _atomic_text(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
-
-
 def _atomic_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([[_cell(v) for v in row] for row in rows])
-    _atomic_text(path, out.getvalue())
+    write_text(path, out.getvalue())
 
 
 def _cell(value: Any) -> str:
@@ -550,27 +531,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float | np.floating):
         return "" if not math.isfinite(value) else f"{float(value):.9g}"
     return str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _is_explain_dir(path: Path) -> bool:
@@ -610,25 +570,6 @@ def _check_inputs_outside(out_dir: Path, inputs: Sequence[Path]) -> None:
                 f"the input {path} lies inside the output folder {out_dir}; choose another "
                 "output folder (inputs are never overwritten)"
             )
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished temporary folder to ``out_dir`` (replacing an old explain output)."""
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-    if out_dir.exists() and any(out_dir.iterdir()):
-        trash = Path(
-            tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old")
-        )
-        os.replace(out_dir, trash / "old")
-        try:
-            os.replace(tmp, out_dir)
-        except BaseException:
-            os.replace(trash / "old", out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-            raise
-        shutil.rmtree(trash)
-    else:
-        os.replace(tmp, out_dir)  # an empty out_dir is replaced; a non-empty one fails
 
 
 class _Writer:
@@ -862,7 +803,7 @@ def explain(
     split = _read_split(model_workdir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    tmp = new_folder_beside(out_dir)
     try:
         summary = _explain_into(
             tmp,
@@ -898,13 +839,13 @@ def explain(
             config=to_dict(config),
             conventions=_CONVENTIONS,
         )
-        _atomic_json(tmp / MANIFEST, summary)
-        _atomic_text(tmp / MARKER, "")
-        _publish(tmp, out_dir)
+        write_json(tmp / MANIFEST, summary)
+        write_text(tmp / MARKER, "")
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _jsonable(summary)
+    return jsonable(summary)
 
 
 def _explain_into(
@@ -1292,7 +1233,7 @@ def _explain_into(
             },
             "maps": scored,
         }
-        _atomic_json(root / "evaluation.json", evaluation)
+        write_json(root / "evaluation.json", evaluation)
         files["evaluation"] = "evaluation.json"
         evaluation_summary = {name: entry["group"] for name, entry in scored.items()}
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from train import parallel
 from train.checkpoint import Checkpoints
@@ -15,11 +15,14 @@ from train.config import OptimConfig
 from train.progress import Progress, check_finite
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename): a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
+def new_state(variables: dict, optimizer) -> dict:
+    """A train state at step 0: parameters, BatchNorm statistics, optimizer state."""
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": variables["params"],
+        "batch_stats": variables.get("batch_stats", {}),
+        "opt_state": optimizer.init(variables["params"]),
+    }
 
 
 def run(

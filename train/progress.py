@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from jaxinterp.atomic import write_text
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
@@ -29,9 +31,7 @@ class Progress:
                 for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= start
             ]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(path)
+            write_text(path, "".join(line + "\n" for line in kept))
         self._file = path.open("a")
         self._bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=None)
         self._examples = examples_per_step

@@ -31,7 +31,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from train.explain import MANIFEST, MARKER, _atomic_json, _atomic_text, _publish
+from jaxinterp.atomic import publish, write_json, write_text
+from train.explain import MANIFEST, MARKER
 
 __all__ = ["HELP", "add_arguments", "report", "run"]
 
@@ -103,12 +104,12 @@ def report(
         (tmp / "figures").mkdir()
         figures = _draw_all(explain_dir, tmp / "figures", summary, background)
         page = _page(explain_dir, out_dir, summary, evaluation, figures, background)
-        _atomic_text(tmp / PAGE, page)
-        _atomic_json(
+        write_text(tmp / PAGE, page)
+        write_json(
             tmp / REPORT_MANIFEST,
             {"kind": REPORT_KIND, "explain_dir": str(explain_dir.resolve()), "figures": figures},
         )
-        _publish(tmp, out_dir)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,10 +27,10 @@ import numpy as np
 
 from jaxinterp import saliency
 from jaxinterp import synth2d as synth2d_data
+from jaxinterp.atomic import atomic_path, write_json, write_text
 from jaxinterp.losses import INJECT, REMOVE
 from jaxinterp.metrics import ncc
 from jaxinterp.nn import Classifier
-from train import loop
 from train.classifier import load_classifier, predict_logits, train_classifier
 from train.config import TrainConfig, load_config
 from train.datasets import load_dataset
@@ -172,7 +172,7 @@ def run_seed(out: Path, seed: int, *, quick: bool) -> dict:
         panels.append((name, maps[control]))
 
     write_figures(workdir, panels, logits)
-    loop.write_json(workdir / "results.json", result)
+    write_json(workdir / "results.json", result)
     return result
 
 
@@ -231,17 +231,14 @@ def reproduce_synth2d(
     per_seed = [run_seed(out, seed, quick=quick) for seed in seeds]
     summary = aggregate(per_seed)
     summary["quick"] = quick
-    loop.write_json(out / "results.json", {"summary": summary, "per_seed": per_seed})
-    tmp = out / "results.md.tmp"
-    tmp.write_text(markdown_table(summary))
-    tmp.replace(out / "results.md")
+    write_json(out / "results.json", {"summary": summary, "per_seed": per_seed})
+    write_text(out / "results.md", markdown_table(summary))
     return summary
 
 
 def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # the temporary name keeps the .png suffix
+        fig.savefig(tmp, dpi=120)
 
 
 def write_figures(workdir: Path, panels: list[tuple[str, np.ndarray]], logits: dict) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import scipy.stats
 
+from jaxinterp.atomic import write_json
 from jaxinterp.losses import INJECT, REMOVE
 from jaxinterp.nn import Simulator
 from jaxinterp.objective import simulator_objective
@@ -54,13 +55,7 @@ def init_state(config: TrainConfig, sample: np.ndarray):
     )
     optim = config.simulator_optim
     optimizer = make_optimizer(optim.learning_rate, optim.weight_decay)
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": variables["params"],
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": optimizer.init(variables["params"]),
-    }
-    return model, state, optimizer
+    return model, loop.new_state(variables, optimizer), optimizer
 
 
 def make_step(model: Simulator, classifier, optimizer, config: TrainConfig, mesh):
@@ -204,7 +199,7 @@ def train_simulator(
                "test": evaluate(config, model, variables, classifier,
                                 jax.device_get(classifier_variables), dataset)}  # fmt: skip
     if jax.process_index() == 0:
-        loop.write_json(workdir / "summary.json", summary)
+        write_json(workdir / "summary.json", summary)
     return summary
 
 
