@@ -227,3 +227,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown config key 'objective.nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["train", "--config", "synth2d", "--workdir", str(tmp_path), "--bogus"])
+
+
+def test_options_bfloat16_velocity_bce_l1(trained_classifier, tmp_path):
+    """The simulator options of the config train: bf16 compute, a velocity field with
+    scaling and squaring, BCE instead of the hinge, L1 smoothness and cycle."""
+    src, _ = trained_classifier
+    workdir = _copy_classifier(src, tmp_path)
+    config = tiny_config(
+        "dtype='bfloat16'",
+        "simulator.output='velocity'",
+        "simulator.integration_steps=3",
+        "objective.shift_loss='bce'",
+        "objective.smoothness_norm='l1'",
+        "objective.cycle_norm='l1'",
+        "objective.lambda_phi=0.1",
+        "simulator_optim.steps=2",
+    )
+    summary = train_simulator(config, workdir)
+    lines = load_metrics(workdir / "simulator" / "metrics.jsonl")
+    assert summary["step"] == 2 and len(lines) == 2
+    assert all(np.isfinite(line["loss"]) and line["smooth"] > 0 for line in lines)
