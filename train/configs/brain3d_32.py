@@ -6,7 +6,7 @@ Cohort from the MNI152 template (jaxinterp.synth3d, 100 controls and 100 patient
 ventricle enlargement, hippocampal or frontal atrophy), the original 3D classifier, and
 a CondConv simulator of the paper's design, narrowed for the CPU (widths 8, 16, 32, 16;
 dense 256), that outputs a displacement field. delta = 12.5, lambda_phi = 0.02 as in the
-paper.
+paper. Takes about 20 minutes on a 2-core CPU (see benchmarks/RESULTS.md, section 3).
 """
 
 from jaxinterp.nn import ClassifierConfig, SimulatorConfig
