@@ -161,11 +161,9 @@ def load_classifier(
     config: TrainConfig, workdir: str | Path, sample: np.ndarray
 ) -> tuple[Classifier, dict]:
     """The trained classifier of ``workdir/classifier`` (clear error if absent or mismatched)."""
-    directory = Path(workdir) / "classifier"
-    if not (directory / "checkpoints").is_dir():
-        raise FileNotFoundError(
-            f"no trained classifier in {directory}; run `jaxinterp train-classifier` first"
-        )
     model, template, _ = init_state(config, sample)
-    state = loop.restore_final(directory, template, classifier_meta(config))
+    directory = Path(workdir) / "classifier"
+    state = loop.restore_final(
+        directory, template, classifier_meta(config), command="train-classifier"
+    )
     return model, variables_of(state)

@@ -86,8 +86,12 @@ def run(
     return state
 
 
-def restore_final(workdir: Path, template: dict, meta: dict) -> dict:
-    """The latest checkpointed state of a finished (or interrupted) run."""
+def restore_final(workdir: Path, template: dict, meta: dict, *, command: str) -> dict:
+    """The latest checkpointed state of a finished (or interrupted) run in ``workdir``;
+    a clear error naming ``command`` (what trains it) when there is none."""
+    if not (workdir / "checkpoints").is_dir():
+        what = command.removeprefix("train-")
+        raise FileNotFoundError(f"no trained {what} in {workdir}; run `jaxinterp {command}` first")
     checkpoints = Checkpoints(workdir / "checkpoints")
     try:
         return checkpoints.restore(template, expected_meta=meta)

@@ -207,13 +207,11 @@ def load_simulator(
     config: TrainConfig, workdir: str | Path, sample: np.ndarray, *, name: str = "simulator"
 ):
     """The trained simulator of ``workdir/NAME`` as ``(module, variables)``."""
-    directory = Path(workdir) / name
-    if not (directory / "checkpoints").is_dir():
-        raise FileNotFoundError(
-            f"no trained simulator in {directory}; run `jaxinterp train-simulator` first"
-        )
     model, template, _ = init_state(config, sample)
-    state = loop.restore_final(directory, template, simulator_meta(config))
+    directory = Path(workdir) / name
+    state = loop.restore_final(
+        directory, template, simulator_meta(config), command="train-simulator"
+    )
     return model, variables_of(state)
 
 
