@@ -1,7 +1,8 @@
 """The simulator's whole objective for one batch, as one pure differentiable function.
 
 ``E = E_logit + E_cycle + E_phi`` (paper eq. 1, 2, 5) on a batch of controls ``x`` (task
-inject) and patients ``y`` (task remove):
+inject) and patients ``y`` (task remove), plus an optional ``change_weight * mean|G(x) - x|``
+that asks the simulator to change as little as it can (0 by default, as the paper):
 
     x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
     x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
@@ -42,6 +43,7 @@ class ObjectiveConfig:
     lambda_phi: float = 0.02  # weight of the smoothness term E_phi (0 for image outputs)
     smoothness_norm: Literal["l1", "l2"] = "l2"  # paper: L2 diffusion; original code: L1
     smoothness_reduction: Literal["mean", "sum"] = "mean"  # over voxels, see smoothness_loss
+    change_weight: float = 0.0  # "change as little as possible": weight of mean |G(x) - x|
 
 
 def _directions(values: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
@@ -117,6 +119,8 @@ def simulator_objective(
 
     e_logit = sum(_directions(shift, n))
     e_cycle = config.cycle_weight * sum(_directions(cycle, n))
+    change = jnp.mean(jnp.abs(first.image - images), axis=tuple(range(1, images.ndim)))
+    e_change = config.change_weight * sum(_directions(change, n))
     e_phi = jnp.zeros((), jnp.float32)
     magnitude = jnp.zeros((), jnp.float32)
     if first.displacement is not None:
@@ -126,7 +130,7 @@ def simulator_objective(
             )
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
         magnitude = jnp.mean(jnp.linalg.norm(first.displacement, axis=-1))
-    loss = e_logit + e_cycle + e_phi
+    loss = e_logit + e_cycle + e_phi + e_change
 
     moved = (simulated_logits - original_logits) * (1.0 - 2.0 * task)
     inject_shift, remove_shift = _directions(moved, n)
@@ -135,6 +139,7 @@ def simulator_objective(
         "logit": e_logit,
         "cycle": e_cycle,
         "smooth": e_phi,
+        "change": e_change,
         "shift_inject": inject_shift,
         "shift_remove": remove_shift,
         "displacement": magnitude,

@@ -1,0 +1,80 @@
+"""Study of simulator settings on the synthetic 2D benchmark (issue 7), one row per variant.
+
+    jaxinterp reproduce synth2d --out runs/reproduce_synth2d --seeds 0 1 2   # first
+    python benchmarks/study_synth2d.py --run runs/reproduce_synth2d --seeds 0 \
+        --variants paper change_0.3 change_1
+
+Each variant is the synth2d config with a few overrides; its simulator is trained against
+the classifier that `reproduce` trained for the seed (in `RUN/seed{S}/study_{variant}`)
+and scored exactly as `reproduce` scores (signed NCC per direction, absolute NCC), next
+to the image-as-map reference. Prints a Markdown table; JSON lines go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jaxinterp import synth2d
+from train.datasets import load_dataset
+from train.reproduce import score, seed_config, simulator_patterns
+from train.simulator import load_simulator, train_simulator
+
+VARIANTS = {
+    "paper": (),
+    "change_0.3": ("objective.change_weight=0.3",),
+    "change_1": ("objective.change_weight=1.0",),
+    "change_1_l1cycle": ("objective.change_weight=1.0", "objective.cycle_norm='l1'"),
+    "no_batchnorm": ("simulator.batch_norm=False",),
+}
+
+
+def run_variant(run: Path, seed: int, name: str) -> dict:
+    config = seed_config(seed, quick=False, extra=VARIANTS[name])
+    workdir = run / f"seed{seed}"
+    dataset = load_dataset(config.data, seed=seed)
+    truth = synth2d.make_synth2d(n_per_group=config.data.n_per_group, seed=seed)["offdiag"]
+    summary = train_simulator(config, workdir, dataset=dataset, name=f"study_{name}")
+    model, variables = load_simulator(config, workdir, dataset.images, name=f"study_{name}")
+    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
+    pattern, _, _ = simulator_patterns(model, variables, images, labels)
+    scores = score(pattern, truth[dataset.test], labels)
+    reference = score(images[..., 0], truth[dataset.test], labels)
+    return {"variant": name, "seed": seed, "overrides": list(VARIANTS[name]),
+            "ncc": scores, "reference_image": reference, "logits": summary["test"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="output folder of `jaxinterp reproduce`")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", help="append JSON lines here")
+    args = parser.parse_args()
+    rows = []
+    for seed in args.seeds:
+        for name in args.variants:
+            row = run_variant(Path(args.run), seed, name)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print("\n| variant | seed | signed | absolute | inject (controls) | remove (patients) "
+          "| image reference | Spearman inject / remove |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = r["ncc"]
+        sp = [r["logits"][d]["spearman_raw_simulated"] for d in ("inject", "remove")]
+        print(f"| {r['variant']} | {r['seed']} | {n['signed']['mean']:.3f} | "
+              f"{n['absolute']['mean']:.3f} | {n['signed_controls']['mean']:.3f} | "
+              f"{n['signed_patients']['mean']:.3f} | "
+              f"{r['reference_image']['signed']['mean']:.3f} | "
+              f"{np.round(sp, 3).tolist()} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
