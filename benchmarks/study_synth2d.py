@@ -29,6 +29,8 @@ VARIANTS = {
     "change_1": ("objective.change_weight=1.0",),
     "change_1_l1cycle": ("objective.change_weight=1.0", "objective.cycle_norm='l1'"),
     "no_batchnorm": ("simulator.batch_norm=False",),
+    "long": ("simulator_optim.steps=4000",),
+    "delta_15": ("objective.delta=15.0",),
 }
 
 
