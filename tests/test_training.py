@@ -248,3 +248,30 @@ def test_options_bfloat16_velocity_bce_l1(trained_classifier, tmp_path):
     lines = load_metrics(workdir / "simulator" / "metrics.jsonl")
     assert summary["step"] == 2 and len(lines) == 2
     assert all(np.isfinite(line["loss"]) and line["smooth"] > 0 for line in lines)
+
+
+def test_bad_npz_inputs_are_clear_errors(tmp_path, capsys):
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    images[2, 3, 3, 0] = np.nan
+    cases = {
+        "nan.npz": ({"images": images, "labels": np.array([0, 1, 0, 1])}, "non-finite .* \\[2\\]"),
+        "labels.npz": ({"images": np.zeros((4, 8, 8, 1)), "labels": np.array([0, 1, 2, 1])},
+                       "labels must be 0"),
+        "count.npz": ({"images": np.zeros((4, 8, 8, 1)), "labels": np.array([0, 1])},
+                      "one per image"),
+        "shape.npz": ({"images": np.zeros((4, 8, 8)), "labels": np.array([0, 1, 0, 1])},
+                      "must be \\(N, \\*spatial, 1\\)"),
+    }  # fmt: skip
+    from train.config import DataConfig
+    from train.datasets import load_dataset
+
+    for name, (arrays, message) in cases.items():
+        path = tmp_path / name
+        np.savez(path, **arrays)
+        with pytest.raises(ValueError, match=message):
+            load_dataset(DataConfig(kind="npz", path=str(path)), seed=0)
+    args = ["train-classifier", "--config", "synth2d", "--workdir", str(tmp_path / "w"),
+            "--set", "data.kind='npz'", "--set", f"data.path='{tmp_path / 'nan.npz'}'"]  # fmt: skip
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "nan.npz" in err and "non-finite" in err and err.count("\n") == 1

@@ -63,6 +63,17 @@ def load_dataset(config: DataConfig, *, seed: int) -> Dataset:
         images = arrays["images"]
         if images.ndim not in (4, 5) or images.shape[-1] != 1:
             raise ValueError(f"{path}: 'images' must be (N, *spatial, 1), got {images.shape}")
+        bad = np.flatnonzero(~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"{path}: 'images' holds non-finite values (NaN or inf) in image(s) "
+                f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}"
+            )
+        if arrays["labels"].shape != (images.shape[0],):
+            raise ValueError(
+                f"{path}: 'labels' must be ({images.shape[0]},), one per image, "
+                f"got {arrays['labels'].shape}"
+            )
         return _from_arrays(arrays, config, seed)
     if config.kind == "table":
         path = _existing(config.path, "a CSV/TSV scan table")
