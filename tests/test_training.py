@@ -275,3 +275,13 @@ def test_bad_npz_inputs_are_clear_errors(tmp_path, capsys):
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert "nan.npz" in err and "non-finite" in err and err.count("\n") == 1
+
+
+def test_settings_added_after_a_checkpoint_do_not_block_resuming():
+    from train.checkpoint import _differences
+
+    saved = {"config": {"objective": {"delta": 5.0}}}
+    assert _differences(saved, {"config": {"objective": {"delta": 5.0, "new_field": 0.0}}}) == []
+    assert _differences(saved, {"config": {"objective": {"delta": 6.0}}}) == [
+        "config.objective.delta: checkpoint 5.0, now 6.0"
+    ]

@@ -72,14 +72,13 @@ class Checkpoints:
         self._manager.close()
 
 
-# Settings that may change between a run and its resumption without changing the state.
-_RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress"}
-
-
 def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """Settings that differ. A setting the checkpoint does not record at all is a config
+    field added after it was written: it is not counted (the field's default is expected
+    to keep the old behaviour)."""
     out = []
     for key in sorted(set(saved) | set(wanted)):
-        if not prefix and key in _RESUMABLE:
+        if key not in saved:
             continue
         a, b = saved.get(key), wanted.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
