@@ -16,11 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp import synth2d
+from jaxinterp.metrics import ncc
+from train.classifier import load_classifier, train_classifier
 from train.datasets import load_dataset
-from train.reproduce import score, seed_config, simulator_patterns
+from train.reproduce import saliency_maps, score, seed_config, simulator_patterns
 from train.simulator import load_simulator, train_simulator
 
 VARIANTS = {
@@ -49,13 +52,55 @@ def run_variant(run: Path, seed: int, name: str) -> dict:
             "ncc": scores, "reference_image": reference, "logits": summary["test"]}  # fmt: skip
 
 
+def randomisation_check(run: Path, seed: int) -> dict:
+    """Adebayo et al. (2018): explain a classifier whose weights were never trained (its
+    initialisation: one Adam step at learning rate 0, which only sets BatchNorm statistics)
+    and compare each method's maps with those of the trained classifier. A method whose
+    maps barely change (NCC near 1) does not explain the classifier."""
+    base = seed_config(seed, quick=False)
+    untrained = seed_config(
+        seed, quick=False, extra=("classifier_optim.steps=1", "classifier_optim.learning_rate=0.0")
+    )
+    workdir, random_dir = run / f"seed{seed}", run / f"seed{seed}" / "randomised"
+    dataset = load_dataset(base.data, seed=seed)
+    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
+    train_classifier(untrained, random_dir, dataset=dataset)
+    train_simulator(untrained, random_dir, dataset=dataset)
+    maps = {}
+    for name, config, folder, sim_name in (
+        ("trained", base, workdir, "simulator_condconv"),
+        ("untrained", untrained, random_dir, "simulator"),
+    ):
+        _, clf_vars = load_classifier(config, folder, dataset.images)
+        model, variables = load_simulator(config, folder, dataset.images, name=sim_name)
+        maps[name] = {"simulator": simulator_patterns(model, variables, images, labels)[0],
+                      **saliency_maps(config, clf_vars, images)}  # fmt: skip
+    out = {}
+    for method in maps["trained"]:
+        a, b = jnp.asarray(maps["trained"][method]), jnp.asarray(maps["untrained"][method])
+        similarity = np.asarray(ncc(a, b, batch_dims=1))
+        out[method] = {"ncc_trained_vs_untrained": float(np.nanmean(similarity))}
+    return {"seed": seed, "randomisation": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="output folder of `jaxinterp reproduce`")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", help="append JSON lines here")
+    parser.add_argument(
+        "--randomisation", action="store_true", help="run the randomisation check instead"
+    )
     args = parser.parse_args()
+    if args.randomisation:
+        print("| seed | method | NCC of maps, trained vs untrained classifier |")
+        print("|---|---|---|")
+        for seed in args.seeds:
+            result = randomisation_check(Path(args.run), seed)
+            for method, row in result["randomisation"].items():
+                print(f"| {seed} | {method} | {row['ncc_trained_vs_untrained']:.3f} |")
+        return
     rows = []
     for seed in args.seeds:
         for name in args.variants:
