@@ -15,7 +15,7 @@ PyTorch models' state dicts imported by ``jaxinterp.interop``):
 PyTorch runs both CondConv variants: ``loop`` (the original's Python loop over the batch)
 and ``batched`` (one grouped convolution). The original simulator takes 64^3 only; at other
 sizes BOTH sides use the same widths with the bottleneck's flattened width adapted
-(``ResizedConvnetSkipConnection``; 16 (s/16)^3 values instead of 1024), which is not the
+(``ConvnetSkipConnection(size=s)``; 16 (s/16)^3 values instead of 1024), which is not the
 original model. Timings: warm-up (the first call, JAX's compilation, reported apart), then
 the median of ``--repeats`` calls, each synchronised. Ratios are PyTorch / JAX, measured in
 this run. Peak memory is reported on GPUs only. ``--dtype bfloat16``: JAX computes the
@@ -58,14 +58,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import jaxinterp  # noqa: E402
 from benchmarks.torch_reference import (  # noqa: E402
     Classifier3D,
     ConvnetSkipConnection,
-    as_code,
     training_step,
     warp,
 )
@@ -83,47 +81,14 @@ INJECT_CODE, REMOVE_CODE = -1.0, 1.0  # the original's codes (SimulatorConfig.or
 # ---------------------------------------------------------------- PyTorch models at any size
 
 
-class ResizedConvnetSkipConnection(ConvnetSkipConnection):
-    """The original simulator for ``size^3`` inputs: same layers and widths, the bottleneck's
-    dense layers sized for ``16 (size/16)^3`` flattened values (1024 at 64^3, the original)."""
-
-    def __init__(self, size: int, *, condconv_impl: str = "loop"):
-        super().__init__(condconv_impl=condconv_impl)
-        if size < 16 or size % 16:
-            raise ValueError(f"size must be a positive multiple of 16, got {size}")
-        self.size = size
-        flat = flat_features(size)
-        self.in_Linear1 = nn.Linear(flat, 512)
-        self.in_Linear2 = nn.Linear(flat, flat)  # unused, as in the original
-        self.out_Linear1 = nn.Linear(513, flat)
-
-    def forward(self, x: torch.Tensor, code: float | torch.Tensor) -> torch.Tensor:
-        # ConvnetSkipConnection.forward without its 64^3 check.
-        if tuple(x.shape[1:]) != (1, *(self.size,) * 3):
-            raise ValueError(f"expected input (N, 1, {self.size}^3), got {tuple(x.shape)}")
-        code = as_code(code, x)
-        d0 = self.input(x, code)
-        d1 = self.down1(d0, code)
-        d2 = self.down2(d1, code)
-        d3 = self.down3(d2, code)
-        d4 = self.down4(d3, code)
-        h = F.relu(torch.cat([self.in_Linear1(d4.flatten(1)), code[:, None]], dim=1))
-        z = self.out_Linear1(h).reshape(d4.shape)
-        u3 = self.up1_noconv(self.up_input(z, code) + d4) + d3
-        u0 = self.up4(self.up3(self.up2(u3, code) + d2, code) + d1, code) + d0
-        return self.output(u0, code)
-
-
 def flat_features(size: int) -> int:
     """Flattened width of the last encoder level (16 channels at ``size / 16``)."""
     return 16 * (size // 16) ** 3
 
 
 def torch_simulator(size: int, impl: str) -> ConvnetSkipConnection:
-    """The original simulator at 64^3, the resized one elsewhere."""
-    if size == 64:
-        return ConvnetSkipConnection(condconv_impl=impl)
-    return ResizedConvnetSkipConnection(size, condconv_impl=impl)
+    """The original simulator at 64^3, the one with a resized bottleneck elsewhere."""
+    return ConvnetSkipConnection(condconv_impl=impl, size=size)
 
 
 def torch_log_volume_change(displacement: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

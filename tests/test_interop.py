@@ -22,7 +22,6 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import jaxinterp  # noqa: E402
-from benchmarks.compare_torch import ResizedConvnetSkipConnection  # noqa: E402
 from benchmarks.torch_reference import (  # noqa: E402
     Classifier3D,
     ConvnetSkipConnection,
@@ -66,11 +65,8 @@ def _perturb(model, seed):
 
 def _torch_simulator(size, seed=0):
     torch.manual_seed(seed)
-    if size == 64:
-        sim = ConvnetSkipConnection(condconv_impl="batched")
-    else:  # the original's widths, bottleneck resized (as benchmarks/compare_torch.py)
-        sim = ResizedConvnetSkipConnection(size, condconv_impl="batched")
-    return _perturb(sim, seed)
+    # At sizes other than 64 the bottleneck is resized (the original's widths otherwise).
+    return _perturb(ConvnetSkipConnection(condconv_impl="batched", size=size), seed)
 
 
 def _smooth_volumes(n, size, seed):

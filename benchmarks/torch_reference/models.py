@@ -240,19 +240,27 @@ class ConvnetSkipConnection(nn.Module):
     u4 = CC(z) + d4; u3 = Up(LReLU(BN(u4))) + d3; u2 = Up(LReLU(BN(CC(u3)))) + d2;
     u1 = Up(LReLU(BN(CC(u2)))) + d1; u0 = Up(LReLU(BN(CC(u1)))) + d0; out = CC(16->3)(u0).
     ``in_Linear2`` exists only for state-dict compatibility and is never used.
+
+    ``size`` other than 64 (a multiple of 16) keeps every layer and width and sizes the
+    bottleneck's dense layers for ``16 (size/16)^3`` flattened values: not the original
+    model, but the same computation at another volume size (for CPU benchmarks and tests).
     """
 
-    def __init__(self, *, condconv_impl: str = "loop"):
+    def __init__(self, *, condconv_impl: str = "loop", size: int = 64):
         super().__init__()
+        if size < 16 or size % 16:
+            raise ValueError(f"size must be a positive multiple of 16, got {size}")
+        self.size = size
+        flat = 16 * (size // 16) ** 3
         impl = condconv_impl
         self.input = _ConvBlock(1, 16, impl)
         self.down1 = _DownBlock(16, 32, impl)
         self.down2 = _DownBlock(32, 64, impl)
         self.down3 = _DownBlock(64, 16, impl)
         self.down4 = _DownBlock(16, 16, impl)
-        self.in_Linear1 = nn.Linear(1024, 512)
-        self.in_Linear2 = nn.Linear(1024, 1024)  # unused, kept for state-dict compatibility
-        self.out_Linear1 = nn.Linear(513, 1024)
+        self.in_Linear1 = nn.Linear(flat, 512)
+        self.in_Linear2 = nn.Linear(flat, flat)  # unused, kept for state-dict compatibility
+        self.out_Linear1 = nn.Linear(513, flat)
         self.up_input = _ConvBlock(16, 16, impl)
         self.up1_noconv = _UpNoConv(16)
         self.up2 = _UpBlock(16, 64, impl)
@@ -274,8 +282,11 @@ class ConvnetSkipConnection(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, code: float | torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != (1, 64, 64, 64):
-            raise ValueError(f"expected input (N, 1, 64, 64, 64), got {tuple(x.shape)}")
+        if tuple(x.shape[1:]) != (1, *(self.size,) * 3):
+            raise ValueError(
+                f"expected input (N, 1, {self.size}, {self.size}, {self.size}), "
+                f"got {tuple(x.shape)}"
+            )
         code = as_code(code, x)
         d0 = self.input(x, code)
         d1 = self.down1(d0, code)
