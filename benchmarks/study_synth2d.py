@@ -34,6 +34,71 @@ VARIANTS = {
     "no_batchnorm": ("simulator.batch_norm=False",),
     "long": ("simulator_optim.steps=4000",),
     "delta_15": ("objective.delta=15.0",),
+    "residual": ("simulator.output='residual'",),
+    "residual_change_0.1": ("simulator.output='residual'", "objective.change_weight=0.1"),
+    "residual_wide": ("simulator.output='residual'", "simulator.features=(8, 16, 32, 64)"),
+    "coords": ("simulator.coordinates=True",),
+    "coords_change_0.1": ("simulator.coordinates=True", "objective.change_weight=0.1"),
+    "coords_residual_change_0.1": (
+        "simulator.coordinates=True",
+        "simulator.output='residual'",
+        "objective.change_weight=0.1",
+    ),
+    "bn_running": ("objective.simulated_batch_norm='running'",),
+    "coords_bn_running": ("simulator.coordinates=True", "objective.simulated_batch_norm='running'"),
+    "gain_coords_bn_running": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+    ),
+    "gain_coords_bn_running_change_0.3": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=0.3",
+    ),
+    "gain_coords_bn_running_change_1": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=1.0",
+    ),
+    "gain_bn_running_change_0.3": (
+        "simulator.output='gain'",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=0.3",
+    ),
+    "gain_coords_bn_running_change_3": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=3.0",
+    ),
+    "gain_bn_running_change_1": (
+        "simulator.output='gain'",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=1.0",
+    ),
+    "gain_coords_bn_running_change_l2_3": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=3.0",
+        "objective.change_norm='l2'",
+    ),
+    "gain_coords_bn_running_change_l2_10": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=10.0",
+        "objective.change_norm='l2'",
+    ),
+    "residual_smooth_coords_bn_running": (
+        "simulator.output='residual'",
+        "objective.lambda_phi=1.0",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+    ),
 }
 
 

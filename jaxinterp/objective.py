@@ -2,7 +2,8 @@
 
 ``E = E_logit + E_cycle + E_phi`` (paper eq. 1, 2, 5) on a batch of controls ``x`` (task
 inject) and patients ``y`` (task remove), plus an optional ``change_weight * mean|G(x) - x|``
-that asks the simulator to change as little as it can (0 by default, as the paper):
+(or its square) that asks the simulator to change as little as it can (0 by default, as the
+paper):
 
     x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
     x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
@@ -44,10 +45,31 @@ class ObjectiveConfig:
     smoothness_norm: Literal["l1", "l2"] = "l2"  # paper: L2 diffusion; original code: L1
     smoothness_reduction: Literal["mean", "sum"] = "mean"  # over voxels, see smoothness_loss
     change_weight: float = 0.0  # "change as little as possible": weight of mean |G(x) - x|
+    # per-voxel norm of that change: "l1" concentrates it on the fewest voxels (one blob
+    # of two that matter), "l2" spreads it in proportion to what each voxel does for the
+    # logit (minimising sum d^2 at a fixed linear logit shift gives d ~ gradient)
+    change_norm: Literal["l1", "l2"] = "l1"
+    # BatchNorm on the second (cycle) pass, whose inputs are simulated images: "batch" uses
+    # and updates batch statistics like the first pass (paper); "running" uses the running
+    # averages of the real images and leaves them alone, so inference (running averages
+    # only) sees the statistics training saw on real inputs.
+    simulated_batch_norm: Literal["batch", "running"] = "batch"
 
 
 def _directions(values: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(values[:n]), jnp.mean(values[n:])
+
+
+def _change_smoothness(change: jax.Array, *, norm: str) -> jax.Array:
+    """``(N, *spatial, C)`` -> ``(N,)``: forward differences of an image change, squared
+    (``"l2"``) or absolute (``"l1"``), summed over channels and axes, averaged over voxels
+    (``smoothness_loss``'s ``"mean"`` form for images)."""
+    penalty = jnp.square if norm == "l2" else jnp.abs
+    axes = tuple(range(1, change.ndim))
+    return sum(
+        jnp.mean(jnp.sum(penalty(jnp.diff(change, axis=a)), axis=-1), axis=axes[:-1])
+        for a in axes[:-1]
+    )
 
 
 def simulator_objective(
@@ -90,7 +112,7 @@ def simulator_objective(
     task = jnp.concatenate([jnp.full((n,), INJECT), jnp.full((n,), REMOVE)])
     rng_first, rng_second = jax.random.split(rng)
 
-    def run(variables, inputs, tasks, key):
+    def run(variables, inputs, tasks, key, train=train):
         if not train:
             return simulator.apply(variables, inputs, tasks, train=False), variables
         out, updates = simulator.apply(
@@ -100,7 +122,8 @@ def simulator_objective(
 
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     first, variables = run(variables, images, task, rng_first)
-    second, variables = run(variables, first.image, 1 - task, rng_second)
+    running = config.simulated_batch_norm == "running"
+    second, variables = run(variables, first.image, 1 - task, rng_second, train and not running)
 
     classify: Callable[[jax.Array], jax.Array] = lambda im: classifier.apply(
         classifier_variables, im, train=False
@@ -119,7 +142,8 @@ def simulator_objective(
 
     e_logit = sum(_directions(shift, n))
     e_cycle = config.cycle_weight * sum(_directions(cycle, n))
-    change = jnp.mean(jnp.abs(first.image - images), axis=tuple(range(1, images.ndim)))
+    per_voxel = jnp.abs if config.change_norm == "l1" else jnp.square
+    change = jnp.mean(per_voxel(first.image - images), axis=tuple(range(1, images.ndim)))
     e_change = config.change_weight * sum(_directions(change, n))
     e_phi = jnp.zeros((), jnp.float32)
     magnitude = jnp.zeros((), jnp.float32)
@@ -130,6 +154,12 @@ def simulator_objective(
             )
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
         magnitude = jnp.mean(jnp.linalg.norm(first.displacement, axis=-1))
+    elif config.lambda_phi:
+        # Image outputs: the field G produces is the intensity change; the same diffusion
+        # regulariser keeps it smooth (an adversarial pattern is not).
+        for out, inputs in ((first.image, images), (second.image, first.image)):
+            smooth = _change_smoothness(out - inputs, norm=config.smoothness_norm)
+            e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
     loss = e_logit + e_cycle + e_phi + e_change
 
     moved = (simulated_logits - original_logits) * (1.0 - 2.0 * task)

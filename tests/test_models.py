@@ -1,5 +1,7 @@
 """Simulator and classifier: shapes, parameter counts, the original layout, ablations."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 import jaxinterp as ji
 from jaxinterp.nn import Classifier, ClassifierConfig, Simulator, SimulatorConfig
+from jaxinterp.nn.simulator import GAIN_LIMIT
 
 
 def _count(tree):
@@ -71,6 +74,42 @@ def test_2d_paper_shapes_and_image_output():
     cv = clf.init(jax.random.key(1), x)
     assert clf.apply(cv, x).shape == (3,)
     assert clf.apply(cv, x, method=Classifier.features).shape == (3, 8, 8, 8)
+
+
+def test_residual_and_gain_outputs_are_built_on_the_image_output():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 16, 16, 1)), jnp.float32)
+    make = lambda output: Simulator(
+        SimulatorConfig(ndim=2, features=(2, 4), bottleneck=8, output=output)
+    )
+    v = make("image").init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    task = jnp.array([0, 1])
+    net = np.asarray(make("image").apply(v, x, task).image)  # same params: the raw output
+    residual = make("residual").apply(v, x, task)
+    gain = make("gain").apply(v, x, task)
+    assert residual.displacement is None and gain.displacement is None
+    np.testing.assert_allclose(np.asarray(residual.image), np.asarray(x) + net, atol=1e-6)
+    log_gain = GAIN_LIMIT * np.tanh(net / GAIN_LIMIT)
+    np.testing.assert_allclose(np.asarray(gain.image), np.asarray(x) * np.exp(log_gain), rtol=1e-5)
+
+
+def test_coordinate_channels():
+    from jaxinterp.nn.simulator import _with_coordinates
+
+    x = jnp.ones((2, 4, 3, 1))
+    got = np.asarray(_with_coordinates(x))
+    assert got.shape == (2, 4, 3, 3)
+    np.testing.assert_array_equal(got[..., 0], 1.0)
+    rows, cols = np.meshgrid(np.linspace(-1, 1, 4), np.linspace(-1, 1, 3), indexing="ij")
+    np.testing.assert_allclose(got[1, ..., 1], rows, atol=1e-7)
+    np.testing.assert_allclose(got[1, ..., 2], cols, atol=1e-7)
+    # With coordinates the first convolution reads ndim more channels.
+    img = jnp.asarray(np.random.default_rng(4).normal(size=(1, 16, 16, 1)), jnp.float32)
+    cfg = SimulatorConfig(ndim=2, features=(2, 4), bottleneck=8, output="residual")
+    for coords, channels in ((False, 1), (True, 3)):
+        sim = Simulator(dataclasses.replace(cfg, coordinates=coords))
+        v = sim.init({"params": jax.random.key(0)}, img, jnp.zeros(1))
+        kernels = v["params"]["net"]["enc0"]["kernel"]
+        assert kernels.shape[-2] == channels
 
 
 def _small_3d(**kw):

@@ -53,6 +53,17 @@ def test_terms_equal_the_loss_functions(models):
     )
 
 
+def test_squared_change_option(models):
+    sim, clf, sv, cv, x, y = models
+    _, (m, _) = _run(models, ji.ObjectiveConfig(change_weight=2.0, change_norm="l2"))
+    images = jnp.concatenate([x, y])
+    first = np.asarray(sim.apply(sv, images, jnp.array([0, 0, 1, 1])).image, np.float64)
+    per_image = ((first - np.asarray(images)) ** 2).mean(axis=(1, 2, 3, 4))
+    want = 2.0 * (per_image[:2].mean() + per_image[2:].mean())
+    assert want > 0
+    np.testing.assert_allclose(float(m["change"]), want, rtol=1e-4)
+
+
 def test_classifier_gets_no_gradient_and_bce_option(models):
     sim, clf, sv, cv, x, y = models
     config = ji.ObjectiveConfig()
@@ -68,3 +79,68 @@ def test_classifier_gets_no_gradient_and_bce_option(models):
     bce = dataclasses.replace(config, shift_loss="bce")
     _, (m, _) = _run(models, bce)
     assert np.isfinite(float(m["logit"])) and float(m["logit"]) > 0
+
+
+def test_running_batch_norm_for_simulated_inputs(models):
+    """ "running": only the first pass (real images) updates the BatchNorm statistics and
+    the second pass uses them; "batch" (paper) lets both passes update them."""
+    sim, clf, sv, cv, x, y = models
+    images = jnp.concatenate([x, y])
+    task = jnp.array([0, 0, 1, 1])
+
+    def objective(mode):
+        config = ji.ObjectiveConfig(simulated_batch_norm=mode)
+        return ji.simulator_objective(
+            sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2),
+            simulator=sim, classifier=clf, config=config, train=True,
+        )  # fmt: skip
+
+    no_dropout = {"dropout": jax.random.key(0)}
+    first, updates = sim.apply(
+        sv, images, task, train=True, mutable=["batch_stats"], rngs=no_dropout
+    )
+    _, (m, stats) = objective("running")
+    for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(updates["batch_stats"])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    second = sim.apply({**sv, **updates}, first.image, 1 - task, train=False)
+    halves = lambda v: jnp.mean(v[:2]) + jnp.mean(v[2:])
+    want_cycle = halves(ji.cycle_loss(second.image, images))
+    np.testing.assert_allclose(float(m["cycle"]), float(want_cycle), rtol=1e-4)
+    _, (_, both) = objective("batch")
+    assert any(
+        not np.allclose(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(both), jax.tree.leaves(stats))
+    )
+
+
+def test_image_outputs_get_a_smooth_change():
+    """For image outputs lambda_phi weighs the forward differences of the change G(x) - x."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
+    sim = Simulator(SimulatorConfig(ndim=2, features=(2, 4), bottleneck=8, output="residual",
+                                    routing_dropout=0.0))  # fmt: skip
+    clf = Classifier(ClassifierConfig(ndim=2, features=(2, 4)))
+    sv = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    cv = clf.init(jax.random.key(1), x)
+    config = ji.ObjectiveConfig(lambda_phi=0.7)
+    _, (m, _) = ji.simulator_objective(
+        sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2),
+        simulator=sim, classifier=clf, config=config, train=False,
+    )  # fmt: skip
+    images = np.concatenate([x, y])
+    task = jnp.array([0, 0, 1, 1])
+    first = np.asarray(sim.apply(sv, images, task).image)
+    second = np.asarray(sim.apply(sv, first, 1 - task).image)
+
+    def numpy_smoothness(change):  # mean over voxels of squared forward differences
+        c = change[..., 0].astype(np.float64)
+        return (np.diff(c, axis=1) ** 2).mean(axis=(1, 2)) + (np.diff(c, axis=2) ** 2).mean(
+            axis=(1, 2)
+        )
+
+    halves = lambda v: v[:2].mean() + v[2:].mean()
+    want = 0.7 * (halves(numpy_smoothness(first - images))
+                  + halves(numpy_smoothness(second - first)))  # fmt: skip
+    assert want > 0
+    np.testing.assert_allclose(float(m["smooth"]), want, rtol=1e-4)

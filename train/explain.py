@@ -85,8 +85,6 @@ import jax.numpy as jnp
 import nibabel as nib
 import nibabel.processing
 import numpy as np
-import scipy.linalg
-import scipy.stats
 from tqdm import tqdm
 
 from jaxinterp import saliency
@@ -95,10 +93,12 @@ from jaxinterp.data import DataError, Scan, VolumeInfo, load_volume, read_table,
 from jaxinterp.data import resample_to_native as _resample_to_native
 from jaxinterp.jacobian import folding_fraction, log_volume_change
 from jaxinterp.losses import INJECT, REMOVE
-from jaxinterp.metrics import ncc
 from jaxinterp.nn import Classifier
+from jaxinterp.nn.simulator import IMAGE_OUTPUTS
+from jaxinterp.stats import benjamini_hochberg, ols_group_test, one_sample_t
 from train.classifier import load_classifier
 from train.config import TrainConfig, to_dict
+from train.evaluate import evaluate_maps, score_map, spearman
 from train.simulator import load_simulator
 
 __all__ = [
@@ -106,12 +106,8 @@ __all__ = [
     "HELP",
     "METHODS",
     "add_arguments",
-    "benjamini_hochberg",
-    "evaluate_maps",
     "explain",
     "occlusion_geometry",
-    "ols_group_test",
-    "one_sample_t",
     "read_atlas_names",
     "run",
     "scan_ids",
@@ -152,104 +148,6 @@ _CONVENTIONS = {
     "occlusion": "drop in accuracy over the table's scans when a window is filled with the "
     "mean control image; each voxel: mean drop over the windows covering it",
 }
-
-
-# ------------------------------------------------------------------------------ statistics
-
-
-def one_sample_t(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel-wise mean and one-sample t statistic from running sums.
-
-    Args:
-      total: sum of the ``n`` maps.
-      total_sq: sum of their squares.
-      n: number of maps.
-
-    Returns:
-      ``(mean, t)`` with ``t = mean / (s / sqrt(n))``, ``s`` the sample standard deviation
-      (ddof 1). ``t`` is 0 where ``s`` is 0 (e.g. outside the brain) and NaN everywhere
-      when ``n < 2``.
-    """
-    total = np.asarray(total, np.float64)
-    mean = total / max(n, 1)
-    if n < 2:
-        return mean, np.full_like(mean, np.nan)
-    var = np.maximum(np.asarray(total_sq, np.float64) - n * mean**2, 0.0) / (n - 1)
-    sd = np.sqrt(var)
-    # Relative floor: a std that is rounding noise of the sums counts as 0.
-    tiny = sd <= 1e-7 * np.maximum(np.abs(mean), 1e-30)
-    t = np.where(tiny | (sd == 0), 0.0, mean / np.where(sd > 0, sd, 1.0) * math.sqrt(n))
-    return mean, t
-
-
-def ols_group_test(
-    values: Sequence[float] | np.ndarray,
-    group: Sequence[float] | np.ndarray,
-    covariates: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Ordinary least squares ``value ~ 1 + group + covariates``; the group term's test.
-
-    Rows where the value or any regressor is not finite are dropped. The fit uses a QR
-    decomposition of the design matrix; the coefficient's standard error is
-    ``sqrt(sigma^2 [(X'X)^-1]_gg)`` with ``sigma^2 = RSS / (n - p)``, and the p-value is
-    two-sided from Student's t with ``n - p`` degrees of freedom.
-
-    Args:
-      values: ``(n,)`` the response (e.g. one region's mean log volume change per scan).
-      group: ``(n,)`` 0 = control, 1 = patient.
-      covariates: ``(n, k)`` extra regressors (already dummy-coded), or None.
-
-    Returns:
-      ``{"n", "df", "beta", "se", "t", "p"}``: ``beta`` is the group coefficient (patients
-      minus controls, adjusted). All NaN (and ``df`` 0) when the design is rank deficient
-      or ``n <= p``.
-    """
-    y = np.asarray(values, np.float64).reshape(-1)
-    g = np.asarray(group, np.float64).reshape(-1)
-    if g.shape != y.shape:
-        raise ValueError(f"values {y.shape} and group {g.shape} differ in length")
-    columns = [np.ones_like(g), g]
-    if covariates is not None:
-        cov = np.asarray(covariates, np.float64)
-        cov = cov.reshape(y.size, -1)
-        columns.extend(cov.T)
-    x = np.column_stack(columns)
-    keep = np.isfinite(y) & np.isfinite(x).all(axis=1)
-    x, y = x[keep], y[keep]
-    n, p = x.shape
-    nan = {"n": int(n), "df": 0, "beta": math.nan, "se": math.nan, "t": math.nan, "p": math.nan}
-    if n <= p or np.linalg.matrix_rank(x) < p:
-        return nan
-    q, r = np.linalg.qr(x)
-    beta = scipy.linalg.solve_triangular(r, q.T @ y)
-    resid = y - x @ beta
-    df = n - p
-    sigma2 = float(resid @ resid) / df
-    r_inv = scipy.linalg.solve_triangular(r, np.eye(p))
-    se = math.sqrt(sigma2 * float(r_inv[1] @ r_inv[1]))
-    if not se > 0:
-        return {**nan, "df": int(df), "beta": float(beta[1]), "se": se}
-    t = float(beta[1]) / se
-    return {
-        "n": int(n),
-        "df": int(df),
-        "beta": float(beta[1]),
-        "se": se,
-        "t": t,
-        "p": float(2.0 * scipy.stats.t.sf(abs(t), df)),
-    }
-
-
-def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate); NaN stays NaN."""
-    p = np.asarray(p_values, np.float64)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if ok.size:
-        order = ok[np.argsort(p[ok])]
-        ranked = p[order] * ok.size / np.arange(1, ok.size + 1)
-        out[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
-    return out
 
 
 def occlusion_geometry(shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -588,87 +486,6 @@ class _Writer:
 # ------------------------------------------------------------------------------ evaluation
 
 
-_ncc = jax.jit(ncc)
-
-
-def _score(map_: np.ndarray, expected: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Signed and absolute NCC of a map with the map it should be, inside ``mask``."""
-    a, b, m = jnp.asarray(map_, jnp.float32), jnp.asarray(expected, jnp.float32), jnp.asarray(mask)
-    return {
-        "ncc_signed": float(_ncc(a, b, mask=m)),
-        "ncc_abs": float(_ncc(jnp.abs(a), jnp.abs(b), mask=m)),
-    }
-
-
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray([x for x in values if math.isfinite(x)], np.float64)
-    if v.size == 0:
-        return {"n": 0, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-    return {
-        "n": int(v.size),
-        "mean": float(v.mean()),
-        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "min": float(v.min()),
-        "max": float(v.max()),
-    }
-
-
-def evaluate_maps(
-    maps: Mapping[str, Mapping[str, Any]],
-    truth: np.ndarray,
-    *,
-    brain_mask: np.ndarray,
-    region_masks: Mapping[str, np.ndarray],
-    subject_scores: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
-) -> dict[str, Any]:
-    """Scores group maps against the group truth (a log-volume-change map).
-
-    Args:
-      maps: ``name -> {"map": signed group map, "abs_map": optional map for the absolute
-        score (default ``|map|``), "sign": +1 or -1 (the expected map is ``sign *
-        truth``), plus any JSON-ready fields to copy (e.g. "file", "kind")}``.
-      truth: the group truth on the model grid.
-      brain_mask: voxels that count for the NCC.
-      region_masks: truth regions; each map's mean inside each region is reported with
-        the expected map's mean there and whether the signs agree.
-      subject_scores: ``name -> {"ncc_signed": [...], "ncc_abs": [...]}`` per-subject NCCs
-        to summarise (mean, std, min, max, n).
-
-    Returns:
-      ``name -> {"group": {"ncc_signed", "ncc_abs"}, "regions": {...}, "subjects": {...}}``.
-    """
-    brain = np.asarray(brain_mask, bool)
-    out = {}
-    for name, entry in maps.items():
-        sign = float(entry.get("sign", 1.0))
-        expected = sign * np.asarray(truth, np.float32)
-        group_map = np.asarray(entry["map"], np.float32)
-        abs_map = np.asarray(entry.get("abs_map", np.abs(group_map)), np.float32)
-        a = jnp.asarray(group_map)
-        m = jnp.asarray(brain)
-        scores = {
-            "ncc_signed": float(_ncc(a, jnp.asarray(expected), mask=m)),
-            "ncc_abs": float(_ncc(jnp.asarray(abs_map), jnp.asarray(np.abs(expected)), mask=m)),
-        }
-        regions = {}
-        for region, mask in region_masks.items():
-            mask = np.asarray(mask, bool)
-            if not mask.any():
-                continue
-            want, got = float(expected[mask].mean()), float(group_map[mask].mean())
-            regions[region] = {
-                "expected_mean": want,
-                "map_mean": got,
-                "sign_agrees": bool(np.sign(want) == np.sign(got) and want != 0),
-            }
-        result = {k: v for k, v in entry.items() if k not in ("map", "abs_map")}
-        result.update(group=scores, regions=regions)
-        if subject_scores and name in subject_scores:
-            result["subjects"] = {k: _spread(v) for k, v in subject_scores[name].items()}
-        out[name] = result
-    return out
-
-
 # ------------------------------------------------------------------------------ explain
 
 
@@ -745,7 +562,7 @@ def explain(
     shape = tuple(int(s) for s in config.data.shape)
     if len(shape) != 3 or config.simulator.ndim != 3 or config.classifier.ndim != 3:
         raise ValueError("explain needs a 3D config (data.shape of 3 ints, 3D networks)")
-    if config.simulator.output == "image":
+    if config.simulator.output in IMAGE_OUTPUTS:
         raise ValueError("explain needs a simulator that outputs a field, not an image")
     geometry = _occlusion_geometry(shape, occlusion_window, occlusion_stride)
     if atlas is not None and not Path(atlas).is_file():
@@ -980,13 +797,13 @@ def _explain_into(
             if truth is not None:
                 own = _subject_truth(truth_source, scan, shape, aff, label, truth)
                 sign = 1.0 if label == 0 else -1.0
-                score = _score(lvc, sign * own, brain)
+                score = score_map(lvc, sign * own, brain)
                 row["ncc_truth"] = score["ncc_signed"]
                 entry = subject_scores.setdefault(f"simulator_{task}", {})
                 for k, v in score.items():
                     entry.setdefault(k, []).append(v)
                 for m in methods:
-                    score = _score(maps[m][j], own, brain)
+                    score = score_map(maps[m][j], own, brain)
                     entry = subject_scores.setdefault(f"{m}_{group}", {})
                     for k, v in score.items():
                         entry.setdefault(k, []).append(v)
@@ -1252,7 +1069,7 @@ def _explain_into(
             "mean_simulated": float(sim.mean()),
             "mean_shift": float(shift.mean()),
             "fraction_shift_at_least_delta": float(np.mean(shift >= config.objective.delta)),
-            "spearman_raw_simulated": _spearman(raw, sim),
+            "spearman_raw_simulated": spearman(raw, sim),
             "mean_abs_cycle_logit_error": float(np.mean(np.abs(cyc - raw))),
         }
     folding = np.array([r["folding_fraction"] for r in rows])
@@ -1309,12 +1126,6 @@ def _write_native(writer, folder, path, info: VolumeInfo, lvc, simulated, field,
 def _nanmean(values: np.ndarray) -> float:
     values = values[np.isfinite(values)]
     return float(values.mean()) if values.size else math.nan
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan
-    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 # ------------------------------------------------------------------------------ command

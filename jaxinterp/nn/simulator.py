@@ -32,6 +32,9 @@ import jax.numpy as jnp
 from jaxinterp.nn.condconv import CondConv
 from jaxinterp.warp import integrate_velocity, warp
 
+IMAGE_OUTPUTS = ("image", "residual", "gain")  # outputs that are images, not fields
+GAIN_LIMIT = 4.0  # a "gain" output scales a voxel by at most exp(4) = 55 either way
+
 
 @dataclasses.dataclass(frozen=True)
 class SimulatorConfig:
@@ -40,7 +43,7 @@ class SimulatorConfig:
     ndim: int = 3  # spatial dimensions (2 or 3)
     features: tuple[int, ...] = (16, 32, 64, 16, 16)  # encoder widths, one level each
     bottleneck: int = 512  # width of the dense bottleneck
-    output: Literal["displacement", "velocity", "image"] = "displacement"
+    output: Literal["displacement", "velocity", "image", "residual", "gain"] = "displacement"
     integration_steps: int = 7  # scaling-and-squaring steps when output == "velocity"
     num_experts: int = 3  # CondConv experts K
     routing_dropout: float = 0.1  # CondConv routing dropout (training only)
@@ -51,6 +54,7 @@ class SimulatorConfig:
     negative_slope: float = 0.1  # LeakyReLU slope
     task_codes: tuple[float, float] = (0.0, 1.0)  # numbers fed to the net for inject, remove
     warp_mode: Literal["zeros", "edge"] = "zeros"  # what the warp reads outside the volume
+    coordinates: bool = False  # feed each voxel's position (in [-1, 1] per axis) as channels
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
@@ -151,6 +155,18 @@ class UNet(nn.Module):
         return conv(self.out_channels, "output", u).astype(jnp.float32)
 
 
+def _with_coordinates(x: jax.Array) -> jax.Array:
+    """``x`` ``(N, *spatial, C)`` with ``ndim`` more channels: each voxel's index along each
+    axis mapped linearly to [-1, 1]. Convolutions are translation-equivariant, so without
+    them the network cannot tell where it is, only what it sees; a disease effect is tied to
+    a place (in the 2D benchmark, two of the four quadrants; in 3D, anatomy)."""
+    spatial = x.shape[1:-1]
+    axes = [jnp.linspace(-1.0, 1.0, n, dtype=x.dtype) for n in spatial]
+    grid = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+    grid = jnp.broadcast_to(grid, (x.shape[0], *spatial, len(spatial)))
+    return jnp.concatenate([x, grid], axis=-1)
+
+
 class Simulator(nn.Module):
     """G(image, task) -> ``SimulatorOutput(image, displacement)``.
 
@@ -158,7 +174,12 @@ class Simulator(nn.Module):
     field output the simulated image is ``warp(x, displacement)`` (pull-back, voxel units);
     a ``"velocity"`` output is integrated by scaling and squaring first, so the warp cannot
     fold. For an ``"image"`` output (the 2D paper) the network's output is the simulated
-    image and ``displacement`` is None.
+    image; a ``"residual"`` output is added to the input (``G(x) = x + net(x)``, so the
+    identity is free and the network only has to make the change); a ``"gain"`` output
+    scales the input voxel by voxel (``G(x) = x * exp(L tanh(net(x) / L))``, ``L =
+    GAIN_LIMIT``: it can strengthen or weaken what is there, not paint on an empty
+    background). ``displacement`` is None for
+    these three.
     """
 
     config: SimulatorConfig
@@ -169,18 +190,24 @@ class Simulator(nn.Module):
         cfg = self.config
         task = jnp.broadcast_to(jnp.asarray(task), (x.shape[0],))
         code = jnp.where(task == 0, cfg.task_codes[0], cfg.task_codes[1]).astype(jnp.float32)
-        out_channels = x.shape[-1] if cfg.output == "image" else cfg.ndim
+        out_channels = x.shape[-1] if cfg.output in IMAGE_OUTPUTS else cfg.ndim
         make = functools.partial(UNet, cfg, out_channels, dtype=self.dtype)
+        inputs = _with_coordinates(x) if cfg.coordinates else x
         if cfg.separate_networks:
-            inject = make(conditional=False, name="inject_net")(x, code, train=train)
-            remove = make(conditional=False, name="remove_net")(x, code, train=train)
+            inject = make(conditional=False, name="inject_net")(inputs, code, train=train)
+            remove = make(conditional=False, name="remove_net")(inputs, code, train=train)
             select = (task == 0).reshape(-1, *(1,) * (x.ndim - 1))
             out = jnp.where(select, inject, remove)
         else:
-            out = make(name="net")(x, code, train=train)
+            out = make(name="net")(inputs, code, train=train)
 
         if cfg.output == "image":
             return SimulatorOutput(out.astype(x.dtype), None)
+        if cfg.output == "residual":
+            return SimulatorOutput((x + out).astype(x.dtype), None)
+        if cfg.output == "gain":
+            log_gain = GAIN_LIMIT * jnp.tanh(out / GAIN_LIMIT)  # |log gain| < GAIN_LIMIT
+            return SimulatorOutput((x * jnp.exp(log_gain)).astype(x.dtype), None)
         field = out
         if cfg.output == "velocity":
             field = integrate_velocity(field, steps=cfg.integration_steps)
