@@ -4,10 +4,11 @@
     python benchmarks/study_synth2d.py --run runs/reproduce_synth2d --seeds 0 \
         --variants paper change_0.3 change_1
 
-Each variant is the synth2d config with a few overrides; its simulator is trained against
-the classifier that `reproduce` trained for the seed (in `RUN/seed{S}/study_{variant}`)
-and scored exactly as `reproduce` scores (signed NCC per direction, absolute NCC), next
-to the image-as-map reference. Prints a Markdown table; JSON lines go to --out.
+Each variant is the synth2d_paper config with a few overrides ("jaxinterp" = the synth2d
+config); its simulator is trained against the classifier that `reproduce` trained for the
+seed (in `RUN/seed{S}/study_{variant}`) and scored exactly as `reproduce` scores (signed
+NCC per direction, absolute NCC), next to the image-as-map reference. Prints a Markdown
+table; JSON lines go to --out.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import numpy as np
 from jaxinterp import synth2d
 from jaxinterp.metrics import ncc
 from train.classifier import load_classifier, train_classifier
+from train.configs import synth2d as synth2d_config
 from train.datasets import load_dataset
 from train.reproduce import saliency_maps, score, seed_config, simulator_patterns
 from train.simulator import load_simulator, train_simulator
 
 VARIANTS = {
     "paper": (),
+    "jaxinterp": synth2d_config.SETTINGS,  # the synth2d config's defaults
     "change_0.3": ("objective.change_weight=0.3",),
     "change_1": ("objective.change_weight=1.0",),
     "change_1_l1cycle": ("objective.change_weight=1.0", "objective.cycle_norm='l1'"),
@@ -93,6 +96,23 @@ VARIANTS = {
         "objective.change_weight=10.0",
         "objective.change_norm='l2'",
     ),
+    "gain_coords_bn_running_change_1_smooth_1": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=1.0",
+        "objective.lambda_phi=1.0",
+    ),
+    "gain_coords_bn_running_change_1_smooth_1_zero": (
+        "simulator.output='gain'",
+        "simulator.coordinates=True",
+        "objective.simulated_batch_norm='running'",
+        "objective.change_weight=1.0",
+        "objective.lambda_phi=1.0",
+        "simulator.zero_init_output=True",
+    ),
+    "jaxinterp_delta_10": (*synth2d_config.SETTINGS, "objective.delta=10.0"),
+    "jaxinterp_long": (*synth2d_config.SETTINGS, "simulator_optim.steps=4000"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
@@ -117,24 +137,30 @@ def run_variant(run: Path, seed: int, name: str) -> dict:
             "ncc": scores, "reference_image": reference, "logits": summary["test"]}  # fmt: skip
 
 
-def randomisation_check(run: Path, seed: int) -> dict:
+def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
     """Adebayo et al. (2018): explain a classifier whose weights were never trained (its
     initialisation: one Adam step at learning rate 0, which only sets BatchNorm statistics)
     and compare each method's maps with those of the trained classifier. A method whose
-    maps barely change (NCC near 1) does not explain the classifier."""
-    base = seed_config(seed, quick=False)
-    untrained = seed_config(
-        seed, quick=False, extra=("classifier_optim.steps=1", "classifier_optim.learning_rate=0.0")
-    )
+    maps barely change (NCC near 1) does not explain the classifier. The simulator has the
+    settings of ``variant`` ("paper": reproduce's simulator_condconv)."""
+    extra = VARIANTS[variant]
+    base = seed_config(seed, quick=False, extra=extra)
+    untrained = seed_config(seed, quick=False, extra=(
+        *extra, "classifier_optim.steps=1", "classifier_optim.learning_rate=0.0"
+    ))  # fmt: skip
     workdir, random_dir = run / f"seed{seed}", run / f"seed{seed}" / "randomised"
     dataset = load_dataset(base.data, seed=seed)
     images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
     train_classifier(untrained, random_dir, dataset=dataset)
-    train_simulator(untrained, random_dir, dataset=dataset)
+    trained_name = "simulator_condconv" if variant == "paper" else f"study_{variant}"
+    random_name = "simulator" if variant == "paper" else f"simulator_{variant}"
+    if variant != "paper":
+        train_simulator(base, workdir, dataset=dataset, name=trained_name)
+    train_simulator(untrained, random_dir, dataset=dataset, name=random_name)
     maps = {}
     for name, config, folder, sim_name in (
-        ("trained", base, workdir, "simulator_condconv"),
-        ("untrained", untrained, random_dir, "simulator"),
+        ("trained", base, workdir, trained_name),
+        ("untrained", untrained, random_dir, random_name),
     ):
         _, clf_vars = load_classifier(config, folder, dataset.images)
         model, variables = load_simulator(config, folder, dataset.images, name=sim_name)
@@ -155,14 +181,15 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", help="append JSON lines here")
     parser.add_argument(
-        "--randomisation", action="store_true", help="run the randomisation check instead"
-    )
+        "--randomisation", nargs="?", const="paper", choices=list(VARIANTS), metavar="VARIANT",
+        help="run the randomisation check instead, for the simulator of VARIANT (paper)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.randomisation:
         print("| seed | method | NCC of maps, trained vs untrained classifier |")
         print("|---|---|---|")
         for seed in args.seeds:
-            result = randomisation_check(Path(args.run), seed)
+            result = randomisation_check(Path(args.run), seed, args.randomisation)
             for method, row in result["randomisation"].items():
                 print(f"| {seed} | {method} | {row['ncc_trained_vs_untrained']:.3f} |")
         return

@@ -306,6 +306,12 @@ def test_evaluation_against_the_truth(run):
             assert r["sign_agrees"] == (np.sign(r["map_mean"]) == np.sign(r["expected_mean"]))
     rows = _rows(out / "scans.csv")
     assert all(r["ncc_truth"] != "" for r in rows)
+    uses = evaluation["classifier_uses"]
+    assert set(uses) == set(run["cohort"].region_masks)
+    for entry in uses.values():
+        assert 0 <= entry["n"] <= 7
+        fraction = entry["fraction_of_gap"]  # None (JSON null) when no patient is affected
+        assert entry["used"] == (fraction is not None and fraction >= 0.1)
 
 
 def test_refusals_and_clear_errors(run, tmp_path):

@@ -112,6 +112,26 @@ def test_coordinate_channels():
         assert kernels.shape[-2] == channels
 
 
+@pytest.mark.parametrize("output", ["gain", "residual", "displacement", "velocity"])
+def test_zero_initialised_output_starts_at_the_identity_and_learns(output):
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 8, 8, 1)), jnp.float32)
+    cfg = SimulatorConfig(features=(2, 4), bottleneck=8, output=output, zero_init_output=True)
+    sim = Simulator(cfg)
+    v = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    kernel = v["params"]["net"]["output"]["kernel"]
+    assert float(jnp.abs(kernel).max()) == 0.0
+    task = jnp.array([0, 1])
+    np.testing.assert_allclose(np.asarray(sim.apply(v, x, task).image), np.asarray(x), atol=1e-6)
+    # ... and the output layer still gets a gradient, so training moves it off zero.
+    target = jnp.roll(x, 1, axis=1)
+    loss = lambda p: jnp.mean((sim.apply({**v, "params": p}, x, task).image - target) ** 2)
+    grad = jax.grad(loss)(v["params"])["net"]["output"]["kernel"]
+    assert float(jnp.abs(grad).max()) > 0.0
+    default = Simulator(dataclasses.replace(cfg, zero_init_output=False))
+    v0 = default.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    assert float(jnp.abs(v0["params"]["net"]["output"]["kernel"]).max()) > 0.0
+
+
 def _small_3d(**kw):
     return SimulatorConfig(features=(4, 8, 8), bottleneck=16, **kw)
 

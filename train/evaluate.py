@@ -8,7 +8,7 @@ scores. `score_map` scores one map; `spearman` compares raw and simulated logits
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -18,7 +18,7 @@ import scipy.stats
 
 from jaxinterp.metrics import ncc
 
-__all__ = ["evaluate_maps", "score_map", "spearman", "spread"]
+__all__ = ["evaluate_maps", "region_use", "score_map", "spearman", "spread"]
 
 _ncc = jax.jit(ncc)
 
@@ -106,3 +106,59 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
     return float(scipy.stats.spearmanr(a, b).statistic)
+
+
+def region_use(
+    logit_fn: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    regions: Mapping[str, np.ndarray],
+    fill: np.ndarray,
+    *,
+    affected: Mapping[str, np.ndarray] | None = None,
+    threshold: float = 0.1,
+) -> dict[str, dict[str, Any]]:
+    """Does the classifier use each truth region? A map can only be expected to show a
+    region the classifier looks at.
+
+    For each region, the patients' images get the region's voxels replaced by ``fill``
+    (the mean control image) and the classifier's logits are taken again. The region is
+    ``used`` when this moves the patients' mean logit towards the controls' by at least
+    ``threshold`` of the gap between the two groups' mean logits.
+
+    Args:
+      logit_fn: images ``(B, *spatial)`` -> logits ``(B,)`` (batching is the caller's).
+      images: ``(N, *spatial)``; labels ``(N,)`` 0 = control, 1 = patient.
+      regions: name -> boolean mask ``spatial``.
+      fill: ``spatial`` values written into a region.
+      affected: name -> ``(N,)`` booleans, the patients that carry the region's effect
+        (subtypes); default every patient.
+
+    Returns:
+      name -> ``{"n", "logit_drop", "fraction_of_gap", "used"}`` (``n`` = patients tested;
+      ``logit_drop`` = mean raw minus filled logit).
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    raw = np.asarray(logit_fn(images), np.float64)
+    gap = float(raw[labels == 1].mean() - raw[labels == 0].mean())
+    out = {}
+    for name, mask in regions.items():
+        mask = np.asarray(mask, bool)
+        who = labels == 1
+        if affected is not None and name in affected:
+            who = who & np.asarray(affected[name], bool)
+        idx = np.flatnonzero(who)
+        if idx.size == 0 or not mask.any():
+            out[name] = {"n": int(idx.size), "logit_drop": math.nan,
+                         "fraction_of_gap": math.nan, "used": False}  # fmt: skip
+            continue
+        filled = np.where(mask, np.asarray(fill), images[idx])
+        drop = float((raw[idx] - np.asarray(logit_fn(filled), np.float64)).mean())
+        fraction = drop / gap if gap > 0 else math.nan
+        out[name] = {
+            "n": int(idx.size),
+            "logit_drop": drop,
+            "fraction_of_gap": fraction,
+            "used": bool(fraction >= threshold),
+        }
+    return out

@@ -44,7 +44,10 @@ Since controls are warped towards disease and patients away from it, a region th
 classifier relies on shows opposite signs in the two groups.
 
 Truth. When the table is a synthetic cohort written by `jaxinterp.synth3d.write_cohort`,
-every map is scored against the known answer (`evaluate_maps`) in ``evaluation.json``.
+every map is scored against the known answer (`train.evaluate.evaluate_maps`) in
+``evaluation.json``, which also says which truth regions the classifier uses
+(`train.evaluate.region_use`: the region filled with the mean control image in the
+patients that carry it; a region the classifier ignores is no fair target for a map).
 
 Output layout (``out_dir``; written into a temporary folder beside it and renamed, so
 ``out_dir`` is complete or absent; ``COMPLETE`` is its last file)::
@@ -98,7 +101,7 @@ from jaxinterp.nn.simulator import IMAGE_OUTPUTS
 from jaxinterp.stats import benjamini_hochberg, ols_group_test, one_sample_t
 from train.classifier import load_classifier
 from train.config import TrainConfig, to_dict
-from train.evaluate import evaluate_maps, score_map, spearman
+from train.evaluate import evaluate_maps, region_use, score_map, spearman
 from train.simulator import load_simulator
 
 __all__ = [
@@ -699,6 +702,7 @@ def _explain_into(
     # Truth of a synthetic cohort, on the model grid.
     truth = brain = None
     truth_regions: dict[str, np.ndarray] = {}
+    own_in_region: dict[str, np.ndarray] = {}  # region -> each patient's own truth there
     if truth_source is not None:
         truth = _on_grid(truth_source.group_truth, shape, affine, order=1)
         if truth_source.brain_mask is not None:
@@ -796,6 +800,9 @@ def _explain_into(
             }
             if truth is not None:
                 own = _subject_truth(truth_source, scan, shape, aff, label, truth)
+                if label == 1:
+                    for region, mask in truth_regions.items():
+                        own_in_region.setdefault(region, np.zeros(n))[i] = own[mask].mean()
                 sign = 1.0 if label == 0 else -1.0
                 score = score_map(lvc, sign * own, brain)
                 row["ncc_truth"] = score["ncc_signed"]
@@ -1030,7 +1037,17 @@ def _explain_into(
             region_masks=truth_regions,
             subject_scores=subject_scores,
         )
+        apply = jax.jit(lambda z: classifier.apply(clf_variables, z[..., None]))
+        logit_fn = lambda batch: np.concatenate(
+            [np.asarray(apply(jnp.asarray(batch[i : i + batch_size])))
+             for i in range(0, len(batch), batch_size)]
+        )  # fmt: skip
+        affected = {  # the patients whose own effect in the region is at least 1/4 of the most
+            region: np.abs(v) >= 0.25 * np.abs(v).max() for region, v in own_in_region.items()
+        }
+        uses = region_use(logit_fn, images, labels, truth_regions, control_mean, affected=affected)
         evaluation = {
+            "classifier_uses": uses,
             "truth": {
                 "cohort": str(truth_source.root.resolve()),
                 "group_truth": str(truth_source.group_truth.resolve()),
@@ -1047,6 +1064,9 @@ def _explain_into(
                 "regions": "each map's mean inside each truth region vs the expected map's",
                 "abs_truth": "reference: |group truth| as a map (what a sign-blind map scores)",
                 "intensity_difference": "reference: mean patient - mean control image",
+                "classifier_uses": "per truth region: the affected patients' images with the "
+                "region filled by the mean control image; used = their mean logit moves "
+                "towards the controls' by >= 10% of the group gap",
             },
             "maps": scored,
         }

@@ -54,7 +54,7 @@ QUICK = (
 
 def seed_config(seed: int, *, quick: bool, extra: tuple[str, ...] = ()) -> TrainConfig:
     overrides = (*(QUICK if quick else ()), f"seed={seed}", *extra)
-    return load_config("synth2d", list(overrides))
+    return load_config("synth2d_paper", list(overrides))
 
 
 def saliency_maps(config: TrainConfig, variables: dict, images: np.ndarray, *, steps: int = 32):

@@ -49,6 +49,7 @@ class CondConv(nn.Module):
     implementation: Literal["experts", "per_example"] = "experts"
     dtype: Any = None  # compute dtype of the convolution (e.g. jnp.bfloat16); None = input's
     param_dtype: Any = jnp.float32
+    kernel_init: Any = expert_kernel_init  # initializer of the (K, *window, C_in, C_out) kernels
 
     @nn.compact
     def __call__(self, x: jax.Array, task: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -73,7 +74,7 @@ class CondConv(nn.Module):
         n, cin = x.shape[0], x.shape[-1]
         kernel = self.param(
             "kernel",
-            expert_kernel_init,
+            self.kernel_init,
             (self.num_experts, *window, cin, self.features),
             self.param_dtype,
         )

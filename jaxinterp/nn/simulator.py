@@ -55,6 +55,7 @@ class SimulatorConfig:
     task_codes: tuple[float, float] = (0.0, 1.0)  # numbers fed to the net for inject, remove
     warp_mode: Literal["zeros", "edge"] = "zeros"  # what the warp reads outside the volume
     coordinates: bool = False  # feed each voxel's position (in [-1, 1] per axis) as channels
+    zero_init_output: bool = False  # output layer starts at 0: G starts as the identity
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
@@ -104,7 +105,8 @@ class UNet(nn.Module):
                 f"axes divisible by {scale}, got shape {x.shape}"
             )
 
-        def conv(features: int, name: str, h: jax.Array) -> jax.Array:
+        def conv(features: int, name: str, h: jax.Array, zero: bool = False) -> jax.Array:
+            init = {"kernel_init": nn.initializers.zeros} if zero else {}
             if self.conditional:
                 layer = CondConv(
                     features,
@@ -114,9 +116,12 @@ class UNet(nn.Module):
                     implementation=cfg.condconv_implementation,
                     dtype=self.dtype,
                     name=name,
+                    **init,
                 )
                 return layer(h, code, deterministic=not train)
-            return nn.Conv(features, (3,) * nd, padding="SAME", dtype=self.dtype, name=name)(h)
+            return nn.Conv(
+                features, (3,) * nd, padding="SAME", dtype=self.dtype, name=name, **init
+            )(h)
 
         def norm_act(name: str, h: jax.Array) -> jax.Array:
             if cfg.batch_norm:
@@ -152,7 +157,8 @@ class UNet(nn.Module):
             if h.shape[-1] != widths[i - 1]:
                 h = conv(widths[i - 1], f"dec{i - 1}", h)
             u = _upsample(norm_act(f"dec{i - 1}_bn", h)) + skips[i - 1]
-        return conv(self.out_channels, "output", u).astype(jnp.float32)
+        out = conv(self.out_channels, "output", u, zero=cfg.zero_init_output)
+        return out.astype(jnp.float32)
 
 
 def _with_coordinates(x: jax.Array) -> jax.Array:

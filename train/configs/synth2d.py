@@ -1,30 +1,39 @@
-"""The paper's synthetic 2D experiment (section 4.1) at full size.
+"""The synthetic 2D experiment with jaxinterp's simulator settings (the README's first run).
 
-    jaxinterp train-classifier --config synth2d --workdir runs/synth2d
-    jaxinterp train-simulator --config synth2d --workdir runs/synth2d
+    jaxinterp train --config synth2d --workdir runs/synth2d
 
-Two groups of 512 images, 32x32, 80/20 split; classifier with convs of 2, 4, 8 features
-and a hidden layer of 16; CondConv U-Net (1, 2, 4, 8) that outputs the image directly;
-delta = 5, logit-shift and cycle losses only.
+Data and classifier as the paper (`synth2d_paper`: 2 x 512 images of 32x32, convs of 2, 4,
+8 features, hidden layer of 16). The CondConv U-Net (1, 2, 4, 8) differs from the paper's
+in the settings the study of benchmarks/RESULTS.md (section 4) found necessary for maps
+that match the truth on every seed:
+
+- ``output="gain"``: the simulator scales the image voxel by voxel instead of painting a
+  new one, so it can strengthen or weaken what is there but cannot draw an adversarial
+  pattern on the empty background;
+- ``coordinates=True``: it sees where each voxel is, so it can change the two
+  off-diagonal blobs and leave the diagonal ones alone;
+- ``change_weight=1`` (L1) and ``lambda_phi=1`` on the change: change as little as
+  possible, smoothly;
+- ``simulated_batch_norm="running"``: inference sees the BatchNorm statistics training saw;
+- ``zero_init_output=True``: the simulator starts as the identity (a random start left
+  two seeds in three stuck in a poor solution).
 """
 
-from jaxinterp.nn import ClassifierConfig, SimulatorConfig
-from jaxinterp.objective import ObjectiveConfig
-from train.config import DataConfig, OptimConfig, TrainConfig
+from train.config import TrainConfig, override
+from train.configs import synth2d_paper
+
+SETTINGS = (
+    "simulator.output='gain'",
+    "simulator.coordinates=True",
+    "objective.simulated_batch_norm='running'",
+    "objective.change_weight=1.0",
+    "objective.lambda_phi=1.0",
+    "simulator.zero_init_output=True",
+)  # on top of synth2d_paper; benchmarks/study_synth2d.py scores them as variant "jaxinterp"
 
 
 def get_config() -> TrainConfig:
-    return TrainConfig(
-        name="synth2d",
-        data=DataConfig(kind="synth2d", n_per_group=512, test_fraction=0.2),
-        classifier=ClassifierConfig.paper_2d(),
-        classifier_optim=OptimConfig(
-            steps=1500, batch_size=64, learning_rate=3e-3, log_every=100, checkpoint_every=500
-        ),  # fmt: skip
-        simulator=SimulatorConfig.paper_2d(),
-        simulator_optim=OptimConfig(
-            steps=2000, batch_size=32, learning_rate=1e-3, log_every=100, checkpoint_every=500
-        ),  # fmt: skip
-        objective=ObjectiveConfig(delta=5.0, cycle_norm="l2", lambda_phi=0.0),
-        seed=0,
-    )
+    config = synth2d_paper.get_config()
+    for assignment in SETTINGS:
+        config = override(config, assignment)
+    return override(config, "name='synth2d'")

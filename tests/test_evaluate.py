@@ -1,0 +1,35 @@
+"""train.evaluate.region_use: which truth regions a classifier looks at."""
+
+import numpy as np
+import pytest
+
+from train.evaluate import region_use
+
+
+def test_region_use_finds_the_region_a_classifier_reads():
+    rng = np.random.default_rng(0)
+    shape = (6, 6, 6)
+    a = np.zeros(shape, bool)
+    a[:2, :2, :2] = True  # the region the toy classifier reads
+    b = np.zeros(shape, bool)
+    b[4:, 4:, 4:] = True  # a region it ignores
+    labels = np.array([0] * 5 + [1] * 5)
+    images = rng.normal(size=(10, *shape)) * 0.1
+    images[labels == 1] += 2.0 * (a | b)  # patients differ in both regions
+    logit_fn = lambda x: 10.0 * x[:, :2, :2, :2].mean(axis=(1, 2, 3))
+    fill = images[labels == 0].mean(0)
+    uses = region_use(logit_fn, images, labels, {"a": a, "b": b}, fill)
+    raw = logit_fn(images)
+    gap = raw[labels == 1].mean() - raw[labels == 0].mean()
+    filled = np.where(a, fill, images[labels == 1])
+    want = (raw[labels == 1] - logit_fn(filled)).mean()
+    assert uses["a"]["logit_drop"] == pytest.approx(want)
+    assert uses["a"]["fraction_of_gap"] == pytest.approx(want / gap)
+    assert uses["a"]["fraction_of_gap"] == pytest.approx(1.0, abs=1e-9)  # filled = control
+    assert uses["a"]["used"] and uses["a"]["n"] == 5
+    assert uses["b"]["logit_drop"] == pytest.approx(0.0, abs=1e-12) and not uses["b"]["used"]
+    # Only the affected patients are tested; none affected gives NaN and not used.
+    some = {"a": np.array([False] * 7 + [True] * 3), "b": np.zeros(10, bool)}
+    uses = region_use(logit_fn, images, labels, {"a": a, "b": b}, fill, affected=some)
+    assert uses["a"]["n"] == 3 and uses["b"]["n"] == 0
+    assert np.isnan(uses["b"]["logit_drop"]) and not uses["b"]["used"]
