@@ -111,8 +111,13 @@ VARIANTS = {
         "objective.lambda_phi=1.0",
         "simulator.zero_init_output=True",
     ),
-    "jaxinterp_delta_10": (*synth2d_config.SETTINGS, "objective.delta=10.0"),
-    "jaxinterp_long": (*synth2d_config.SETTINGS, "simulator_optim.steps=4000"),
+    "jaxinterp_delta_10": (
+        *synth2d_config.SETTINGS,
+        "simulator_optim.steps=2000",
+        "objective.delta=10.0",
+    ),
+    "jaxinterp_2000": (*synth2d_config.SETTINGS, "simulator_optim.steps=2000"),
+    "jaxinterp_long": (*synth2d_config.SETTINGS, "simulator_optim.steps=4000"),  # = jaxinterp
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",

@@ -33,3 +33,20 @@ def test_region_use_finds_the_region_a_classifier_reads():
     uses = region_use(logit_fn, images, labels, {"a": a, "b": b}, fill, affected=some)
     assert uses["a"]["n"] == 3 and uses["b"]["n"] == 0
     assert np.isnan(uses["b"]["logit_drop"]) and not uses["b"]["used"]
+
+
+def test_region_use_dilation_reaches_the_border():
+    """A classifier that reads the voxels next to a region only sees it filled when the
+    region is grown."""
+    shape = (7, 7, 7)
+    core = np.zeros(shape, bool)
+    core[3, 3, 3] = True
+    labels = np.array([0, 0, 1, 1])
+    images = np.zeros((4, *shape))
+    images[labels == 1, 3, 3, 4] = 1.0  # the change sits beside the region
+    logit_fn = lambda x: x[:, 3, 3, 4]
+    fill = np.zeros(shape)
+    plain = region_use(logit_fn, images, labels, {"r": core}, fill)
+    grown = region_use(logit_fn, images, labels, {"r": core}, fill, dilate=1)
+    assert plain["r"]["fraction_of_gap"] == pytest.approx(0.0) and not plain["r"]["used"]
+    assert grown["r"]["fraction_of_gap"] == pytest.approx(1.0) and grown["r"]["used"]

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 import scipy.stats
 
 from jaxinterp.metrics import ncc
@@ -117,6 +118,7 @@ def region_use(
     *,
     affected: Mapping[str, np.ndarray] | None = None,
     threshold: float = 0.1,
+    dilate: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Does the classifier use each truth region? A map can only be expected to show a
     region the classifier looks at.
@@ -133,6 +135,8 @@ def region_use(
       fill: ``spatial`` values written into a region.
       affected: name -> ``(N,)`` booleans, the patients that carry the region's effect
         (subtypes); default every patient.
+      dilate: grow each region by this many voxels first (a volume change shows at the
+        region's border: an enlarged ventricle replaces the tissue around it).
 
     Returns:
       name -> ``{"n", "logit_drop", "fraction_of_gap", "used"}`` (``n`` = patients tested;
@@ -144,6 +148,8 @@ def region_use(
     out = {}
     for name, mask in regions.items():
         mask = np.asarray(mask, bool)
+        if dilate and mask.any():
+            mask = scipy.ndimage.binary_dilation(mask, iterations=dilate)
         who = labels == 1
         if affected is not None and name in affected:
             who = who & np.asarray(affected[name], bool)

@@ -1045,7 +1045,9 @@ def _explain_into(
         affected = {  # the patients whose own effect in the region is at least 1/4 of the most
             region: np.abs(v) >= 0.25 * np.abs(v).max() for region, v in own_in_region.items()
         }
-        uses = region_use(logit_fn, images, labels, truth_regions, control_mean, affected=affected)
+        uses = region_use(
+            logit_fn, images, labels, truth_regions, control_mean, affected=affected, dilate=2
+        )
         evaluation = {
             "classifier_uses": uses,
             "truth": {
@@ -1064,8 +1066,8 @@ def _explain_into(
                 "regions": "each map's mean inside each truth region vs the expected map's",
                 "abs_truth": "reference: |group truth| as a map (what a sign-blind map scores)",
                 "intensity_difference": "reference: mean patient - mean control image",
-                "classifier_uses": "per truth region: the affected patients' images with the "
-                "region filled by the mean control image; used = their mean logit moves "
+                "classifier_uses": "per truth region grown by 2 voxels: the affected patients' "
+                "images with it filled by the mean control image; used = their mean logit moves "
                 "towards the controls' by >= 10% of the group gap",
             },
             "maps": scored,
