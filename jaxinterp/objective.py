@@ -8,6 +8,10 @@ paper):
     x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
     x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
 
+For image outputs (no field) ``lambda_phi`` weighs the same diffusion regulariser on the
+intensity change ``G(x) - x`` of both passes. ``simulated_batch_norm`` says how BatchNorm
+treats the second pass, whose inputs are simulated.
+
 The classifier is frozen: it runs in inference mode and the objective is differentiated
 only in the simulator's parameters (its variables are a separate argument). Each term is
 the sum of its two directions' batch means, as the paper's ``E_X[..] + E_Y[..]``.

@@ -184,8 +184,7 @@ class Simulator(nn.Module):
     identity is free and the network only has to make the change); a ``"gain"`` output
     scales the input voxel by voxel (``G(x) = x * exp(L tanh(net(x) / L))``, ``L =
     GAIN_LIMIT``: it can strengthen or weaken what is there, not paint on an empty
-    background). ``displacement`` is None for
-    these three.
+    background). ``displacement`` is None for these three.
     """
 
     config: SimulatorConfig
