@@ -1,13 +1,24 @@
-"""The paper's 3D setup at 64^3 for accelerators (one GPU or several: the batch is sharded).
+"""The 3D method at 64^3 for accelerators (one GPU or several: the batch is sharded).
 
     jaxinterp train --config brain3d_64 --workdir runs/brain3d_64
 
 The synthetic brain cohort at 64^3 (200 controls, 200 patients), the original 3D
-classifier, the paper's CondConv simulator (widths 16, 32, 64, 16, 16; dense 512;
-displacement output), delta = 12.5, lambda_phi = 0.02, Adam at 1e-4, batch 8 per
-direction. Expected run time on one H100: not yet measured (the per-step time of
-`benchmarks/train_step.py --size 64` times 6000 steps, plus the classifier).
+classifier, the paper's CondConv simulator (widths 16, 32, 64, 16, 16; dense 512), delta =
+12.5, Adam at 1e-4, batch 8 per direction, with the settings that raised the group-map
+NCC at 32^3 from 0.06 to 0.53 (`brain3d_32`; benchmarks/RESULTS.md section 3): velocity
+field, coordinate channels, zero-initialised output, running BatchNorm statistics for
+the cycle pass, L1 change term, lambda_phi = 1. The paper's settings: `--set
+simulator.output='displacement' --set simulator.coordinates=False --set
+simulator.zero_init_output=False --set objective.lambda_phi=0.02 --set
+objective.change_weight=0.0 --set objective.simulated_batch_norm='batch'`.
+
+Expected run time on one H100, not yet measured (no GPU so far): 5-15 minutes for the
+simulator (6000 steps at 50-148 ms, the step times SPEC reports at batch 8 for a first JAX
+version and for the original PyTorch code) plus a few minutes for the classifier and the
+cohort; `python benchmarks/train_step.py --size 64` measures the step.
 """
+
+import dataclasses
 
 from jaxinterp.nn import ClassifierConfig, SimulatorConfig
 from jaxinterp.objective import ObjectiveConfig
@@ -22,10 +33,17 @@ def get_config() -> TrainConfig:
         classifier_optim=OptimConfig(
             steps=2000, batch_size=32, learning_rate=1e-3, log_every=100, checkpoint_every=500
         ),
-        simulator=SimulatorConfig.paper_3d(),
+        simulator=dataclasses.replace(
+            SimulatorConfig.paper_3d(),
+            output="velocity",
+            coordinates=True,
+            zero_init_output=True,
+        ),
         simulator_optim=OptimConfig(
             steps=6000, batch_size=8, learning_rate=1e-4, log_every=100, checkpoint_every=1000
         ),
-        objective=ObjectiveConfig(delta=12.5, lambda_phi=0.02),
+        objective=ObjectiveConfig(
+            delta=12.5, lambda_phi=1.0, change_weight=1.0, simulated_batch_norm="running"
+        ),
         seed=0,
     )
