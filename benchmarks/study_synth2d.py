@@ -103,13 +103,9 @@ VARIANTS = {
         "objective.change_weight=1.0",
         "objective.lambda_phi=1.0",
     ),
-    "gain_coords_bn_running_change_1_smooth_1_zero": (
-        "simulator.output='gain'",
-        "simulator.coordinates=True",
-        "objective.simulated_batch_norm='running'",
-        "objective.change_weight=1.0",
-        "objective.lambda_phi=1.0",
-        "simulator.zero_init_output=True",
+    "gain_coords_bn_running_change_1_smooth_1_zero": (  # = jaxinterp_2000
+        *synth2d_config.SETTINGS,
+        "simulator_optim.steps=2000",
     ),
     "jaxinterp_delta_10": (
         *synth2d_config.SETTINGS,
@@ -179,6 +175,20 @@ def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
     return {"seed": seed, "randomisation": out}
 
 
+def baseline_scores(run: Path, seed: int) -> dict:
+    """Every saliency baseline of reproduce (integrated gradients from 0 and from the mean
+    control image included) for the seed's trained classifier, scored as the variants."""
+    config = seed_config(seed, quick=False)
+    dataset = load_dataset(config.data, seed=seed)
+    truth = synth2d.make_synth2d(n_per_group=config.data.n_per_group, seed=seed)["offdiag"]
+    _, clf_vars = load_classifier(config, run / f"seed{seed}", dataset.images)
+    train_images = dataset.images[dataset.train]
+    control_mean = train_images[dataset.labels[dataset.train] == 0].mean(0)
+    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
+    maps = saliency_maps(config, clf_vars, images, control_mean=control_mean)
+    return {name: score(m, truth[dataset.test], labels) for name, m in maps.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="output folder of `jaxinterp reproduce`")
@@ -189,7 +199,19 @@ def main() -> None:
         "--randomisation", nargs="?", const="paper", choices=list(VARIANTS), metavar="VARIANT",
         help="run the randomisation check instead, for the simulator of VARIANT (paper)",
     )  # fmt: skip
+    parser.add_argument(
+        "--baselines", action="store_true", help="score the saliency baselines instead"
+    )
     args = parser.parse_args()
+    if args.baselines:
+        print("| seed | method | signed | absolute | inject (controls) | remove (patients) |")
+        print("|---|---|---|---|---|---|")
+        for seed in args.seeds:
+            for method, n in baseline_scores(Path(args.run), seed).items():
+                print(f"| {seed} | {method} | {n['signed']['mean']:.3f} | "
+                      f"{n['absolute']['mean']:.3f} | {n['signed_controls']['mean']:.3f} | "
+                      f"{n['signed_patients']['mean']:.3f} |")  # fmt: skip
+        return
     if args.randomisation:
         print("| seed | method | NCC of maps, trained vs untrained classifier |")
         print("|---|---|---|")

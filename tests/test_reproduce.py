@@ -29,7 +29,8 @@ def test_results_cover_every_method_and_reference(quick_run):
     methods = set(summary["ncc"])
     expected = {f"simulator_{name}" for name in SIMULATORS} | {
         "gradient", "guided_backprop", "grad_cam", "guided_grad_cam", "integrated_gradients",
-        "gradient_x_input", "reference_image", "reference_group_difference",
+        "integrated_gradients_control_mean", "gradient_x_input", "reference_image",
+        "reference_group_difference",
     }  # fmt: skip
     assert methods == expected
     for row in summary["ncc"].values():
@@ -90,3 +91,27 @@ def test_synth2d_command_writes_and_refuses_to_overwrite(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(args) == 2
     assert "exist" in capsys.readouterr().err
+
+
+def test_integrated_gradients_from_the_control_mean_are_complete():
+    """IG's completeness: the map sums to f(x) - f(baseline), here the mean control image."""
+    import jax
+
+    from jaxinterp.nn import Classifier
+    from train.reproduce import saliency_maps, seed_config
+
+    config = seed_config(0, quick=True)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(3, 32, 32, 1)).astype(np.float32)
+    control_mean = rng.normal(size=(32, 32, 1)).astype(np.float32)
+    variables = Classifier(config.classifier).init(jax.random.key(0), images)
+    maps = saliency_maps(config, variables, images, steps=256, control_mean=control_mean)
+    f = lambda x: np.asarray(Classifier(config.classifier).apply(variables, x), np.float64)
+    want = f(images) - f(control_mean[None])
+    got = maps["integrated_gradients_control_mean"].reshape(3, -1).sum(1)
+    assert np.all(np.abs(want) > 1e-3)
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=1e-3)
+    plain = maps["integrated_gradients"].reshape(3, -1).sum(1)
+    np.testing.assert_allclose(
+        plain, f(images) - f(np.zeros_like(images[:1])), rtol=0.05, atol=1e-3
+    )

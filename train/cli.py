@@ -15,30 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-from train.config import available_configs
+from train.config import add_config_arguments
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        required=True,
-        help=f"a config name ({', '.join(available_configs())}) or a path to a .py file "
-        "whose get_config() returns a TrainConfig",
-    )
-    parser.add_argument(
-        "--workdir",
-        required=True,
-        help="output folder; running again with the same workdir resumes from its last "
-        "checkpoint (classifier in WORKDIR/classifier, simulator in WORKDIR/simulator)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set simulator_optim.steps=200 "
-        "--set objective.delta=5 (repeatable; values are Python literals)",
+    add_config_arguments(
+        parser,
+        workdir_help="output folder; running again with the same workdir resumes from its "
+        "last checkpoint (classifier in WORKDIR/classifier, simulator in WORKDIR/simulator)",
     )
 
 

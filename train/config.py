@@ -7,6 +7,7 @@ or a path, plus ``key.sub=value`` overrides from the command line.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import importlib
@@ -122,3 +123,25 @@ def load_config(name_or_path: str, overrides: tuple[str, ...] | list[str] = ()) 
     for assignment in overrides:
         config = override(config, assignment)
     return config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, workdir_help: str) -> None:
+    """``--config``, ``--workdir`` and repeatable ``--set KEY=VALUE`` (into ``overrides``):
+    the options of every command that trains or uses trained models."""
+    parser.add_argument(
+        "--config",
+        required=True,
+        help=f"a config name ({', '.join(available_configs())}) or a path to a .py file "
+        "whose get_config() returns a TrainConfig (to use trained models: the one they "
+        "were trained with)",
+    )
+    parser.add_argument("--workdir", required=True, help=workdir_help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set simulator_optim.steps=200 "
+        "--set objective.delta=5 (repeatable; values are Python literals)",
+    )

@@ -100,7 +100,7 @@ from jaxinterp.nn import Classifier
 from jaxinterp.nn.simulator import IMAGE_OUTPUTS
 from jaxinterp.stats import benjamini_hochberg, ols_group_test, one_sample_t
 from train.classifier import load_classifier
-from train.config import TrainConfig, to_dict
+from train.config import TrainConfig, add_config_arguments, to_dict
 from train.evaluate import evaluate_maps, region_use, score_map, spearman
 from train.simulator import load_simulator
 
@@ -1162,24 +1162,8 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jaxinterp explain``."""
-    from train.config import available_configs
-
-    parser.add_argument(
-        "--config",
-        required=True,
-        help=f"the training config: a name ({', '.join(available_configs())}) "
-        "or a .py file; must match the trained checkpoints",
-    )
-    parser.add_argument(
-        "--workdir", required=True, help="the training workdir holding classifier/ and simulator/"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override used for training (repeatable)",
+    add_config_arguments(
+        parser, workdir_help="the training workdir holding classifier/ and simulator/"
     )
     parser.add_argument(
         "--table",

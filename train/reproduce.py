@@ -57,8 +57,17 @@ def seed_config(seed: int, *, quick: bool, extra: tuple[str, ...] = ()) -> Train
     return load_config("synth2d_paper", list(overrides))
 
 
-def saliency_maps(config: TrainConfig, variables: dict, images: np.ndarray, *, steps: int = 32):
-    """Every saliency baseline's signed map of ``images`` ``(N, H, W, 1)`` -> ``(N, H, W)``."""
+def saliency_maps(
+    config: TrainConfig,
+    variables: dict,
+    images: np.ndarray,
+    *,
+    steps: int = 32,
+    control_mean: np.ndarray | None = None,
+):
+    """Every saliency baseline's signed map of ``images`` ``(N, H, W, 1)`` -> ``(N, H, W)``.
+    Integrated gradients start from a black image (0); with ``control_mean`` ``(H, W, 1)``
+    also from the mean control image (``integrated_gradients_control_mean``)."""
     classifier = Classifier(config.classifier)
     logit_fn = lambda x: classifier.apply(variables, x)
     make_logit_fn = lambda act: (
@@ -75,6 +84,10 @@ def saliency_maps(config: TrainConfig, variables: dict, images: np.ndarray, *, s
         "integrated_gradients": saliency.integrated_gradients(logit_fn, x, steps=steps),
         "gradient_x_input": saliency.gradient_times_input(logit_fn, x),
     }
+    if control_mean is not None:
+        maps["integrated_gradients_control_mean"] = saliency.integrated_gradients(
+            logit_fn, x, baseline=jnp.asarray(control_mean), steps=steps
+        )
     return {k: np.asarray(v) for k, v in maps.items()}
 
 
@@ -155,14 +168,14 @@ def run_seed(out: Path, seed: int, *, quick: bool) -> dict:
         panels.append((folder, pattern[control]))
 
     steps = 16 if quick else 32
-    for name, maps in saliency_maps(config, clf_vars, images, steps=steps).items():
+    train_idx = dataset.train
+    train_images, train_labels = dataset.images[train_idx], dataset.labels[train_idx]
+    control_mean = train_images[train_labels == 0].mean(0)
+    baselines = saliency_maps(config, clf_vars, images, steps=steps, control_mean=control_mean)
+    for name, maps in baselines.items():
         result["methods"][name] = score(maps, truth, labels)
         panels.append((name, maps[control]))
-    train_idx = dataset.train
-    group_difference = (
-        dataset.images[train_idx][dataset.labels[train_idx] == 1].mean(0)
-        - dataset.images[train_idx][dataset.labels[train_idx] == 0].mean(0)
-    )[..., 0]
+    group_difference = (train_images[train_labels == 1].mean(0) - control_mean)[..., 0]
     references = {
         "reference_image": images[..., 0],
         "reference_group_difference": np.broadcast_to(group_difference, images.shape[:-1]),
