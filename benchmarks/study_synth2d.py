@@ -22,7 +22,8 @@ import numpy as np
 
 from jaxinterp import synth2d
 from jaxinterp.metrics import ncc
-from train.classifier import load_classifier, train_classifier
+from jaxinterp.nn import Classifier
+from train.classifier import load_classifier, predict_logits, train_classifier
 from train.configs import synth2d as synth2d_config
 from train.datasets import load_dataset
 from train.reproduce import saliency_maps, score, seed_config, simulator_patterns
@@ -189,6 +190,40 @@ def baseline_scores(run: Path, seed: int) -> dict:
     return {name: score(m, truth[dataset.test], labels) for name, m in maps.items()}
 
 
+def diagnose(run: Path, seed: int, variant: str) -> dict:
+    """Where the classifier looks and what a simulator changes, in terms of the blobs.
+
+    Classifier: mean logit change of the held-out images when their off-diagonal blobs, or
+    their diagonal blobs (image minus off-diagonal blobs), are made 25% stronger.
+    Simulator: each image's pattern regressed by least squares on its off-diagonal and its
+    diagonal blobs; the median coefficients per group and the median fraction of the
+    pattern's energy neither explains."""
+    config = seed_config(seed, quick=False, extra=VARIANTS[variant])
+    dataset = load_dataset(config.data, seed=seed)
+    offdiag = synth2d.make_synth2d(n_per_group=config.data.n_per_group, seed=seed)["offdiag"]
+    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
+    off = offdiag[dataset.test][..., None]
+    diag = images - off
+    _, clf_vars = load_classifier(config, run / f"seed{seed}", dataset.images)
+    logits = lambda x: predict_logits(Classifier(config.classifier), clf_vars, x)
+    raw = logits(images)
+    out = {"logit_change_offdiag_25%": float((logits(images + 0.25 * off) - raw).mean()),
+           "logit_change_diag_25%": float((logits(images + 0.25 * diag) - raw).mean())}  # fmt: skip
+    name = "simulator_condconv" if variant == "paper" else f"study_{variant}"
+    model, variables = load_simulator(config, run / f"seed{seed}", dataset.images, name=name)
+    pattern = simulator_patterns(model, variables, images, labels)[0]
+    for label, group in ((0, "controls"), (1, "patients")):
+        coefs, rest = [], []
+        for p, o, d in zip(pattern[labels == label], off[labels == label], diag[labels == label]):
+            design = np.stack([o.ravel(), d.ravel()], axis=1)
+            c, *_ = np.linalg.lstsq(design, p.ravel(), rcond=None)
+            coefs.append(c)
+            rest.append(np.sum((p.ravel() - design @ c) ** 2) / np.sum(p**2))
+        out[f"{group}_coef_offdiag"], out[f"{group}_coef_diag"] = np.median(coefs, axis=0)
+        out[f"{group}_unexplained"] = float(np.median(rest))
+    return {k: float(v) for k, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="output folder of `jaxinterp reproduce`")
@@ -202,7 +237,16 @@ def main() -> None:
     parser.add_argument(
         "--baselines", action="store_true", help="score the saliency baselines instead"
     )
+    parser.add_argument(
+        "--diagnose", choices=list(VARIANTS), metavar="VARIANT",
+        help="where the classifier looks and what VARIANT's simulator changes, instead",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.diagnose:
+        for seed in args.seeds:
+            print(json.dumps({"seed": seed, "variant": args.diagnose,
+                              **diagnose(Path(args.run), seed, args.diagnose)}))  # fmt: skip
+        return
     if args.baselines:
         print("| seed | method | signed | absolute | inject (controls) | remove (patients) |")
         print("|---|---|---|---|---|---|")
