@@ -26,7 +26,13 @@ from jaxinterp.nn import Classifier
 from train.classifier import load_classifier, predict_logits, train_classifier
 from train.configs import synth2d as synth2d_config
 from train.datasets import load_dataset
-from train.reproduce import saliency_maps, score, seed_config, simulator_patterns
+from train.reproduce import (
+    saliency_maps,
+    score,
+    seed_config,
+    simulator_patterns,
+    training_mean,
+)
 from train.simulator import load_simulator, train_simulator
 
 VARIANTS = {
@@ -124,17 +130,30 @@ VARIANTS = {
 }
 
 
-def run_variant(run: Path, seed: int, name: str) -> dict:
-    config = seed_config(seed, quick=False, extra=VARIANTS[name])
-    workdir = run / f"seed{seed}"
+def simulator_name(variant: str) -> str:
+    """The trained simulator a check uses for a variant in ``RUN/seed{S}``: reproduce's own
+    for "paper", else the study's."""
+    return "simulator_condconv" if variant == "paper" else f"study_{variant}"
+
+
+def seed_data(seed: int, variant: str):
+    """``(config, dataset, images, labels, truth)``: the variant's config for the seed, the
+    dataset, and the held-out images, labels and ground truth (``offdiag``)."""
+    config = seed_config(seed, quick=False, extra=VARIANTS[variant])
     dataset = load_dataset(config.data, seed=seed)
     truth = synth2d.make_synth2d(n_per_group=config.data.n_per_group, seed=seed)["offdiag"]
+    test = dataset.test
+    return config, dataset, dataset.images[test], dataset.labels[test], truth[test]
+
+
+def run_variant(run: Path, seed: int, name: str) -> dict:
+    config, dataset, images, labels, truth = seed_data(seed, name)
+    workdir = run / f"seed{seed}"
     summary = train_simulator(config, workdir, dataset=dataset, name=f"study_{name}")
     model, variables = load_simulator(config, workdir, dataset.images, name=f"study_{name}")
-    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
     pattern, _, _ = simulator_patterns(model, variables, images, labels)
-    scores = score(pattern, truth[dataset.test], labels)
-    reference = score(images[..., 0], truth[dataset.test], labels)
+    scores = score(pattern, truth, labels)
+    reference = score(images[..., 0], truth, labels)
     return {"variant": name, "seed": seed, "overrides": list(VARIANTS[name]),
             "ncc": scores, "reference_image": reference, "logits": summary["test"]}  # fmt: skip
 
@@ -145,16 +164,13 @@ def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
     and compare each method's maps with those of the trained classifier. A method whose
     maps barely change (NCC near 1) does not explain the classifier. The simulator has the
     settings of ``variant`` ("paper": reproduce's simulator_condconv)."""
-    extra = VARIANTS[variant]
-    base = seed_config(seed, quick=False, extra=extra)
+    base, dataset, images, labels, _ = seed_data(seed, variant)
     untrained = seed_config(seed, quick=False, extra=(
-        *extra, "classifier_optim.steps=1", "classifier_optim.learning_rate=0.0"
+        *VARIANTS[variant], "classifier_optim.steps=1", "classifier_optim.learning_rate=0.0"
     ))  # fmt: skip
     workdir, random_dir = run / f"seed{seed}", run / f"seed{seed}" / "randomised"
-    dataset = load_dataset(base.data, seed=seed)
-    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
     train_classifier(untrained, random_dir, dataset=dataset)
-    trained_name = "simulator_condconv" if variant == "paper" else f"study_{variant}"
+    trained_name = simulator_name(variant)
     random_name = "simulator" if variant == "paper" else f"simulator_{variant}"
     if variant != "paper":
         train_simulator(base, workdir, dataset=dataset, name=trained_name)
@@ -179,15 +195,10 @@ def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
 def baseline_scores(run: Path, seed: int) -> dict:
     """Every saliency baseline of reproduce (integrated gradients from 0 and from the mean
     control image included) for the seed's trained classifier, scored as the variants."""
-    config = seed_config(seed, quick=False)
-    dataset = load_dataset(config.data, seed=seed)
-    truth = synth2d.make_synth2d(n_per_group=config.data.n_per_group, seed=seed)["offdiag"]
+    config, dataset, images, labels, truth = seed_data(seed, "paper")
     _, clf_vars = load_classifier(config, run / f"seed{seed}", dataset.images)
-    train_images = dataset.images[dataset.train]
-    control_mean = train_images[dataset.labels[dataset.train] == 0].mean(0)
-    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
-    maps = saliency_maps(config, clf_vars, images, control_mean=control_mean)
-    return {name: score(m, truth[dataset.test], labels) for name, m in maps.items()}
+    maps = saliency_maps(config, clf_vars, images, control_mean=training_mean(dataset, 0))
+    return {name: score(m, truth, labels) for name, m in maps.items()}
 
 
 def diagnose(run: Path, seed: int, variant: str) -> dict:
@@ -198,19 +209,17 @@ def diagnose(run: Path, seed: int, variant: str) -> dict:
     Simulator: each image's pattern regressed by least squares on its off-diagonal and its
     diagonal blobs; the median coefficients per group and the median fraction of the
     pattern's energy neither explains."""
-    config = seed_config(seed, quick=False, extra=VARIANTS[variant])
-    dataset = load_dataset(config.data, seed=seed)
-    offdiag = synth2d.make_synth2d(n_per_group=config.data.n_per_group, seed=seed)["offdiag"]
-    images, labels = dataset.images[dataset.test], dataset.labels[dataset.test]
-    off = offdiag[dataset.test][..., None]
+    config, dataset, images, labels, truth = seed_data(seed, variant)
+    off = truth[..., None]
     diag = images - off
     _, clf_vars = load_classifier(config, run / f"seed{seed}", dataset.images)
     logits = lambda x: predict_logits(Classifier(config.classifier), clf_vars, x)
     raw = logits(images)
     out = {"logit_change_offdiag_25%": float((logits(images + 0.25 * off) - raw).mean()),
            "logit_change_diag_25%": float((logits(images + 0.25 * diag) - raw).mean())}  # fmt: skip
-    name = "simulator_condconv" if variant == "paper" else f"study_{variant}"
-    model, variables = load_simulator(config, run / f"seed{seed}", dataset.images, name=name)
+    model, variables = load_simulator(
+        config, run / f"seed{seed}", dataset.images, name=simulator_name(variant)
+    )
     pattern = simulator_patterns(model, variables, images, labels)[0]
     for label, group in ((0, "controls"), (1, "patients")):
         coefs, rest = [], []

@@ -57,6 +57,12 @@ def seed_config(seed: int, *, quick: bool, extra: tuple[str, ...] = ()) -> Train
     return load_config("synth2d_paper", list(overrides))
 
 
+def training_mean(dataset, label: int) -> np.ndarray:
+    """The mean training image of one group (0 = controls, 1 = patients), ``(H, W, 1)``."""
+    train_images, train_labels = dataset.images[dataset.train], dataset.labels[dataset.train]
+    return train_images[train_labels == label].mean(0)
+
+
 def saliency_maps(
     config: TrainConfig,
     variables: dict,
@@ -168,14 +174,12 @@ def run_seed(out: Path, seed: int, *, quick: bool) -> dict:
         panels.append((folder, pattern[control]))
 
     steps = 16 if quick else 32
-    train_idx = dataset.train
-    train_images, train_labels = dataset.images[train_idx], dataset.labels[train_idx]
-    control_mean = train_images[train_labels == 0].mean(0)
-    baselines = saliency_maps(config, clf_vars, images, steps=steps, control_mean=control_mean)
+    controls_mean = training_mean(dataset, 0)
+    baselines = saliency_maps(config, clf_vars, images, steps=steps, control_mean=controls_mean)
     for name, maps in baselines.items():
         result["methods"][name] = score(maps, truth, labels)
         panels.append((name, maps[control]))
-    group_difference = (train_images[train_labels == 1].mean(0) - control_mean)[..., 0]
+    group_difference = (training_mean(dataset, 1) - controls_mean)[..., 0]
     references = {
         "reference_image": images[..., 0],
         "reference_group_difference": np.broadcast_to(group_difference, images.shape[:-1]),
@@ -295,4 +299,11 @@ def write_figures(workdir: Path, panels: list[tuple[str, np.ndarray]], logits: d
     plt.close(fig)
 
 
-__all__ = ["reproduce_synth2d", "run_seed", "saliency_maps", "score", "simulator_patterns"]
+__all__ = [
+    "reproduce_synth2d",
+    "run_seed",
+    "saliency_maps",
+    "score",
+    "simulator_patterns",
+    "training_mean",
+]
