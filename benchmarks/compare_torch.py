@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -76,6 +77,8 @@ from jaxinterp.nn import Classifier, ClassifierConfig, Simulator, SimulatorConfi
 TORCH_VARIANTS = ("loop", "batched")
 DELTA, LAMBDA_PHI, LEARNING_RATE = 12.5, 0.02, 1e-4
 INJECT_CODE, REMOVE_CODE = -1.0, 1.0  # the original's codes (SimulatorConfig.original())
+OPS = ("explain", "forward", "train_step")
+PROFILE_STEPS = 3  # training steps traced with --profile
 
 
 # ---------------------------------------------------------------- PyTorch models at any size
@@ -145,7 +148,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "versions": {
             "jax": jax.__version__,
-            "jaxlib": jax.lib.__version__,
+            "jaxlib": importlib.metadata.version("jaxlib"),
             "flax": flax.__version__,
             "optax": optax.__version__,
             "torch": torch.__version__,
@@ -165,9 +168,10 @@ class Bench:
         self.jax_device = jax.devices()[0]
         self.jax_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
         self.out = open(args.out, "a") if args.out else None
+        self.profiles: list[Callable[[], None]] = []  # run after the timings of a size
 
     def record(self, row: dict) -> None:
-        row = {"dtype": self.args.dtype, **row}
+        row = {"dtype": self.args.dtype, "precision": self.args.precision, **row}
         self.rows.append(row)
         line = json.dumps(row)
         print(line, flush=True)
@@ -226,12 +230,16 @@ class Bench:
 
         rng = np.random.default_rng(size)
         one = rng.normal(size=(1, 1, *spatial)).astype(np.float32)
-        self.explain(size, fns, variables, models, one)
+        if "explain" in args.ops:
+            self.explain(size, fns, variables, models, one)
         for batch in args.batches:
             x = rng.normal(size=(batch, 1, *spatial)).astype(np.float32)
             y = rng.normal(size=(batch, 1, *spatial)).astype(np.float32)
-            self.forward(size, batch, fns, variables, models, x)
-            self.train_step(size, batch, fns, variables, clf_variables, models, clf_t, x, y)
+            if "forward" in args.ops:
+                self.forward(size, batch, fns, variables, models, x)
+            if "train_step" in args.ops:
+                self.train_step(size, batch, fns, variables, clf_variables, models, clf_t, x, y)
+        self.run_profiles()
 
     def to_jax(self, x: np.ndarray) -> jax.Array:
         return jax.device_put(np.moveaxis(x, 1, -1), self.jax_device)  # channels-last
@@ -319,6 +327,8 @@ class Bench:
         # The first step starts from the same weights on both sides; the losses differ only
         # by the routing dropout's draws.
         self.measure_jax(base, run_jax, lambda result: {"first_loss": float(result[0])})
+        if self.profiling(batch):
+            self.profiles.append(functools.partial(self.profile_jax, run_jax, size, batch))
 
         def run(model, opt):
             with self.torch_autocast():
@@ -334,6 +344,49 @@ class Bench:
             opt = torch.optim.Adam(fresh.parameters(), lr=LEARNING_RATE)
             first_loss = lambda loss: {"first_loss": loss}
             self.measure_torch(base, impl, functools.partial(run, fresh, opt), first_loss)
+            if self.profiling(batch):
+                run_torch = functools.partial(run, fresh, opt)
+                self.profiles.append(
+                    functools.partial(self.profile_torch, run_torch, impl, size, batch)
+                )
+
+    # -- profiles of the training step (--profile DIR), at the largest batch only
+
+    def run_profiles(self) -> None:
+        """The profiles, once every timing of the size is recorded: a profiler that fails
+        costs no timing."""
+        for profile in self.profiles:
+            try:
+                profile()
+            except Exception as err:  # noqa: BLE001 - a profile is optional; say why and go on
+                print(f"# profile failed: {type(err).__name__}: {err}", flush=True)
+        self.profiles.clear()
+
+    def profile_jax(self, fn: Callable[[], Any], size: int, batch: int) -> None:
+        with jax.profiler.trace(self.trace_dir("jax", size, batch), create_perfetto_trace=True):
+            for _ in range(PROFILE_STEPS):
+                jax.block_until_ready(fn())
+
+    def profiling(self, batch: int) -> bool:
+        return bool(self.args.profile) and batch == max(self.args.batches)
+
+    def trace_dir(self, name: str, size: int, batch: int) -> str:
+        return os.path.join(self.args.profile, f"{name}_{size}_b{batch}_{self.args.dtype}")
+
+    def profile_torch(self, fn: Callable[[], Any], impl: str, size: int, batch: int) -> None:
+        """``PROFILE_STEPS`` steps under ``torch.profiler``: a Chrome trace and the table of
+        the device kernels that took the most time."""
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(PROFILE_STEPS):
+                self.torch_sync(fn())
+        os.makedirs(self.args.profile, exist_ok=True)
+        prof.export_chrome_trace(self.trace_dir(f"torch_{impl}", size, batch) + ".json")
+        sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        print(f"# torch {impl}, {size}^3, batch {batch}, {PROFILE_STEPS} steps:", flush=True)
+        print(prof.key_averages().table(sort_by=sort, row_limit=15), flush=True)
 
 
 def jax_functions(sim: Simulator, clf: Classifier) -> dict:
@@ -399,12 +452,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after warm-up")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument(
+        "--precision",
+        choices=("default", "highest"),
+        default="default",
+        help="float32 convolutions and matrix products: 'default' lets both frameworks use "
+        "TF32 on GPUs that have it (JAX's default; PyTorch's default for convolutions, "
+        "switched on here for its matrix products too), 'highest' keeps full float32 on both",
+    )
+    parser.add_argument(
         "--condconv",
         choices=("experts", "per_example"),
         default="experts",
         help="jaxinterp's CondConv implementation",
     )
+    parser.add_argument(
+        "--ops", nargs="+", choices=OPS, default=list(OPS), help="what to time (default: all)"
+    )
     parser.add_argument("--out", default=None, help="append the JSON lines to this file")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help=f"trace {PROFILE_STEPS} training steps of each framework at the largest batch "
+        "into DIR (JAX: jax.profiler with a Perfetto trace; PyTorch: Chrome traces)",
+    )
     args = parser.parse_args(argv)
     bad = [s for s in args.sizes if s < 16 or s % 16]
     if bad:
@@ -414,8 +485,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def set_precision(precision: str) -> None:
+    """The same float32 arithmetic on both sides (see ``--precision``)."""
+    tf32 = precision == "default"
+    jax.config.update("jax_default_matmul_precision", None if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    set_precision(args.precision)
     info = machine_info()
     print(json.dumps({"machine": info, "args": vars(args)}), flush=True)
     bench = Bench(args)
@@ -430,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"Machine: {info['cpu']}, {info['cores']} cores; GPU: {info['gpu'] or 'none'}; "
-        f"JAX on {info['jax_devices'][0]}, torch on {bench.device}; dtype {args.dtype}; "
+        f"JAX on {info['jax_devices'][0]}, torch on {bench.device}; dtype {args.dtype}, "
+        f"precision {args.precision}; "
         f"JAX CondConv {args.condconv}"
     )
     print(", ".join(f"{k} {v}" for k, v in info["versions"].items()))

@@ -2,20 +2,28 @@
 
     python benchmarks/train_step.py --size 32 --batches 1 4 8          # 2-core CPU
     python benchmarks/train_step.py --size 64 --batches 1 4 8 --repeats 20   # GPU
+    python benchmarks/train_step.py --config brain3d_64 --repeats 20         # a config's run
 
-Uses the exact jitted step of ``train.simulator`` (donated state, frozen classifier as an
-argument) on random volumes, with the paper's 3D architectures. Prints the machine,
-versions, the median and spread of ``--repeats`` timed steps after warm-up, and volumes/s
-(each step simulates 2 x batch volumes there and back). JSON lines go to ``--out``.
+Uses the exact jitted steps of ``train.simulator`` and ``train.classifier`` (donated state,
+frozen classifier as an argument) on random volumes. Without ``--config``: the paper's 3D
+architectures at ``--size``. With ``--config NAME``: that config's networks, volume shape,
+batch sizes and objective; the classifier's step is timed too, and the expected training
+time of the config's run (steps x median step of each network) is printed. Prints the
+machine, versions, the median and spread of ``--repeats`` timed steps after warm-up, and
+volumes/s (a simulator step simulates 2 x batch volumes there and back). JSON lines go to
+``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +32,9 @@ import numpy as np
 from jaxinterp.nn import ClassifierConfig, SimulatorConfig
 from train import parallel
 from train.classifier import init_state as init_classifier
+from train.classifier import make_step as make_classifier_step
 from train.classifier import variables_of
-from train.config import OptimConfig, TrainConfig
+from train.config import DataConfig, OptimConfig, TrainConfig, load_config
 from train.simulator import init_state as init_simulator
 from train.simulator import make_step
 
@@ -35,7 +44,7 @@ def machine() -> dict:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "device": getattr(device, "device_kind", str(device)),
         "device_count": jax.device_count(),
         "jax": jax.__version__,
@@ -43,80 +52,162 @@ def machine() -> dict:
     }
 
 
-def time_step(size: int, batch: int, repeats: int, dtype: str, implementation: str) -> dict:
-    config = TrainConfig(
-        classifier=ClassifierConfig.original(),
-        simulator=SimulatorConfig(condconv_implementation=implementation),
-        simulator_optim=OptimConfig(batch_size=batch),
-        dtype=dtype,
-    )
+def median_steps(step: Callable, state, batch, repeats: int) -> tuple[dict, dict]:
+    """Compile and run once, then time ``repeats`` synchronised steps."""
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    timing = {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": repeats,
+        "first_call_s": first,
+    }
+    return timing, metrics
+
+
+def volumes(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.normal(size=(n, *shape, 1)).astype(np.float32)
+
+
+def time_simulator(config: TrainConfig, repeats: int) -> dict:
+    batch, shape = config.simulator_optim.batch_size, tuple(config.data.shape)
     rng = np.random.default_rng(0)
-    sample = rng.normal(size=(2, size, size, size, 1)).astype(np.float32)
+    sample = volumes(rng, 2, shape)
     mesh = parallel.make_mesh()
     classifier, clf_state, _ = init_classifier(config, sample)
     model, state, optimizer = init_simulator(config, sample)
     step = make_step(model, classifier, optimizer, config, mesh)
     state = parallel.put_replicated(state, mesh)
     clf_vars = parallel.put_replicated(variables_of(clf_state), mesh)
-    controls = parallel.put_batch(
-        rng.normal(size=(batch, size, size, size, 1)).astype(np.float32), mesh, batch
-    )
-    patients = parallel.put_batch(
-        rng.normal(size=(batch, size, size, size, 1)).astype(np.float32), mesh, batch
-    )
-    start = time.perf_counter()
-    state, metrics = step(state, (clf_vars, controls, patients))
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = step(state, (clf_vars, controls, patients))
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    controls = parallel.put_batch(volumes(rng, batch, shape), mesh, batch)
+    patients = parallel.put_batch(volumes(rng, batch, shape), mesh, batch)
+    timing, metrics = median_steps(step, state, (clf_vars, controls, patients), repeats)
     return {
         "what": "simulator_train_step",
-        "size": size,
         "batch_per_direction": batch,
-        "dtype": dtype,
-        "condconv": implementation,
-        "median_s": median,
-        "min_s": min(times),
-        "max_s": max(times),
-        "repeats": repeats,
-        "first_call_s": compile_s,
-        "volumes_per_s": 2 * batch / median,
+        **timing,
+        "volumes_per_s": 2 * batch / timing["median_s"],
         "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
     }
 
 
+def time_classifier(config: TrainConfig, repeats: int) -> dict:
+    batch, shape = config.classifier_optim.batch_size, tuple(config.data.shape)
+    rng = np.random.default_rng(1)
+    mesh = parallel.make_mesh()
+    model, state, optimizer = init_classifier(config, volumes(rng, 2, shape))
+    step = make_classifier_step(model, optimizer, config.seed, mesh)
+    state = parallel.put_replicated(state, mesh)
+    images = parallel.put_batch(volumes(rng, batch, shape), mesh, batch)
+    labels = parallel.put_batch(np.arange(batch) % 2, mesh, batch)
+    timing, metrics = median_steps(step, state, (images, labels), repeats)
+    return {
+        "what": "classifier_train_step",
+        "batch": batch,
+        **timing,
+        "volumes_per_s": batch / timing["median_s"],
+        "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+    }
+
+
+def paper_config(size: int, batch: int, dtype: str, implementation: str) -> TrainConfig:
+    """The paper's 3D networks at ``size``^3 (the bottleneck adapts to the size)."""
+    return TrainConfig(
+        data=DataConfig(shape=(size, size, size)),
+        classifier=ClassifierConfig.original(),
+        simulator=SimulatorConfig(condconv_implementation=implementation),
+        simulator_optim=OptimConfig(batch_size=batch),
+        dtype=dtype,
+    )
+
+
+def minutes(steps: int, seconds_per_step: float) -> str:
+    return (
+        f"{steps} steps x {1e3 * seconds_per_step:.1f} ms = {steps * seconds_per_step / 60:.1f} min"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="time this config's steps (train/configs/NAME.py)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (with --config)",
+    )
     parser.add_argument("--size", type=int, default=32, help="edge of the cubic volume")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batch per direction (default 1 4 8, or the config's)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--condconv", choices=["experts", "per_example"], default="experts")
     parser.add_argument("--out", help="append JSON lines to this file")
-    args = parser.parse_args()
+    args = parser.parse_args()  # fmt: skip
     info = machine()
-    print(json.dumps({"machine": info}))
+    print(json.dumps({"machine": info, "args": vars(args)}))
+    if args.config:
+        base = load_config(args.config, args.overrides)
+        base = dataclasses.replace(base, dtype=args.dtype)
+        configs = [
+            dataclasses.replace(
+                base, simulator_optim=dataclasses.replace(base.simulator_optim, batch_size=b)
+            )
+            for b in args.batches or [base.simulator_optim.batch_size]
+        ]
+    else:
+        configs = [
+            paper_config(args.size, b, args.dtype, args.condconv) for b in args.batches or [1, 4, 8]
+        ]
     rows = []
-    for batch in args.batches:
-        row = time_step(args.size, batch, args.repeats, args.dtype, args.condconv)
+
+    def record(row: dict) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps({**row, **info}) + "\n")
-    print("\n| size | batch/direction | median step (s) | volumes/s | device |")
-    print("|---|---|---|---|---|")
+
+    for config in configs:
+        common = {
+            "config": args.config or "paper_3d",
+            "size": "x".join(map(str, config.data.shape)),
+            "dtype": config.dtype,
+            "condconv": config.simulator.condconv_implementation,
+        }
+        record({**common, **time_simulator(config, args.repeats)})
+    if args.config:
+        record({**common, **time_classifier(configs[0], args.repeats)})
+
+    print("\n| step | size | batch | median (ms) | volumes/s | device |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(
-            f"| {r['size']}^3 | {r['batch_per_direction']} | {r['median_s']:.3f} | "
-            f"{r['volumes_per_s']:.2f} | {info['device']} |"
-        )
+        batch = r.get("batch_per_direction", r.get("batch"))
+        print(f"| {r['what']} | {r['size']} | {batch} | {1e3 * r['median_s']:.1f} | "
+              f"{r['volumes_per_s']:.2f} | {info['device']} |")  # fmt: skip
+    if args.config:
+        sim = next(r for r in rows if r["what"] == "simulator_train_step")
+        clf = rows[-1]
+        print(f"\nExpected training time of {args.config} on {info['device']} (steps only; "
+              "data generation, evaluation and checkpoints not counted):")  # fmt: skip
+        print(f"- classifier: {minutes(base.classifier_optim.steps, clf['median_s'])}")
+        print(f"- simulator: {minutes(base.simulator_optim.steps, sim['median_s'])}")
 
 
 if __name__ == "__main__":
