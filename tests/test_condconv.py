@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jaxinterp.nn import CondConv, conv_nd
-from jaxinterp.nn.condconv import mix_experts
 
 
 def _routing(params, x, task):
@@ -123,33 +122,3 @@ def test_bfloat16_compute_close_to_float32():
 def test_bad_rank_is_a_clear_error():
     with pytest.raises(ValueError, match="CondConv expects"):
         CondConv(2).init(jax.random.key(0), jnp.zeros((4, 4, 1)), jnp.zeros(4))
-
-
-@pytest.mark.parametrize("spatial", [(5, 6), (4, 5, 3)])
-@pytest.mark.parametrize("channels", [1, 3, 8])
-def test_mix_experts_gradient_equals_einsum_autodiff(spatial, channels):
-    """The hand-written VJP of the expert mixing against autodiff of the plain einsum, and
-    the analytic gradient d out / d alpha[n, k] = sum y[n, ..., k, :] * g in float64 NumPy."""
-    ky, ka, kg = jax.random.split(jax.random.key(len(spatial) + channels), 3)
-    y = jax.random.normal(ky, (2, *spatial, 3, channels))
-    alpha = jax.nn.sigmoid(jax.random.normal(ka, (2, 3)))
-    g = jax.random.normal(kg, (2, *spatial, channels))
-    plain = lambda y, a: jnp.einsum("n...kc,nk->n...c", y, a)
-
-    np.testing.assert_allclose(mix_experts(y, alpha), plain(y, alpha), rtol=1e-6, atol=1e-6)
-    (dy, da), (dy_ref, da_ref) = [jax.vjp(f, y, alpha)[1](g) for f in (mix_experts, plain)]
-    np.testing.assert_allclose(dy, dy_ref, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(da, da_ref, rtol=1e-5, atol=1e-5)
-    y64, g64 = np.asarray(y, np.float64), np.asarray(g, np.float64)
-    analytic = (y64 * g64[..., None, :]).sum(axis=tuple(range(1, y64.ndim - 2)) + (-1,))
-    np.testing.assert_allclose(da, analytic, rtol=1e-5, atol=1e-5)
-
-
-def test_mix_experts_bfloat16_keeps_dtypes():
-    y = jax.random.normal(jax.random.key(0), (2, 4, 4, 4, 3, 5), jnp.bfloat16)
-    alpha = jnp.full((2, 3), 0.5, jnp.float32)
-    out, vjp = jax.vjp(mix_experts, y, alpha)
-    dy, da = vjp(jnp.ones_like(out))
-    assert out.dtype == dy.dtype == jnp.bfloat16 and da.dtype == jnp.float32
-    expected = np.asarray(y, np.float64).sum(axis=(1, 2, 3, 5))  # g = 1
-    np.testing.assert_allclose(da, expected, rtol=1e-2, atol=1e-2)

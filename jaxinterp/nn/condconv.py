@@ -33,43 +33,6 @@ def conv_nd(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, (1,) * ndim, "SAME", dimension_numbers=dims)
 
 
-@jax.custom_vjp
-def mix_experts(y: jax.Array, alpha: jax.Array) -> jax.Array:
-    """``out[n, ..., c] = sum_k alpha[n, k] y[n, ..., k, c]``: the experts' outputs
-    ``(N, *spatial, K, C)`` mixed by the routing weights ``(N, K)``.
-
-    The gradient in ``alpha`` sums ``y * g`` over every voxel and channel while keeping
-    ``(n, k)``. Left to autodiff, XLA on GPUs lowers that to a column reduction with K (3)
-    columns, which took 10 ms of an 87 ms training step on an H100 for the 3-channel
-    output layer alone (benchmarks/RESULTS.md section 2). Here it is one batched matrix
-    product over the voxels, ``(K*C) x C`` per example, whose diagonal blocks are the sums.
-    """
-    return jnp.einsum("n...kc,nk->n...c", y, alpha.astype(y.dtype))
-
-
-def _mix_experts_fwd(y, alpha):
-    return mix_experts(y, alpha), (y, alpha)
-
-
-def _mix_experts_bwd(residuals, g):
-    y, alpha = residuals
-    n, k, c = y.shape[0], y.shape[-2], y.shape[-1]
-    weights = alpha.astype(g.dtype).reshape(n, *(1,) * (y.ndim - 3), k, 1)
-    dy = g[..., None, :] * weights
-    products = jnp.einsum(
-        "nmj,nmd->njd",
-        y.reshape(n, -1, k * c),
-        g.reshape(n, -1, c),
-        precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32,
-    )  # (N, K*C, C)
-    dalpha = jnp.trace(products.reshape(n, k, c, c), axis1=2, axis2=3)
-    return dy.astype(y.dtype), dalpha.astype(alpha.dtype)
-
-
-mix_experts.defvjp(_mix_experts_fwd, _mix_experts_bwd)
-
-
 class CondConv(nn.Module):
     """Conditional convolution, 2D or 3D by the rank of its input.
 
@@ -123,7 +86,7 @@ class CondConv(nn.Module):
             stacked = jnp.moveaxis(kernel, 0, -2).reshape(*window, cin, -1)  # (*w, Cin, K*Cout)
             y = conv_nd(xc, stacked.astype(dtype))
             y = y.reshape(*y.shape[:-1], self.num_experts, self.features)
-            y = mix_experts(y, alpha)
+            y = jnp.einsum("n...kc,nk->n...c", y, alpha.astype(dtype))
         elif self.implementation == "per_example":
             kernels = jnp.einsum("nk,k...->n...", alpha, kernel).astype(dtype)
             y = jax.vmap(lambda xi, wi: conv_nd(xi[None], wi)[0])(xc, kernels)
