@@ -20,8 +20,11 @@ original model. Timings: warm-up (the first call, JAX's compilation, reported ap
 the median of ``--repeats`` calls, each synchronised. Ratios are PyTorch / JAX, measured in
 this run. Peak memory is reported on GPUs only. ``--dtype bfloat16``: JAX computes the
 convolutions and dense layers in bfloat16 (float32 parameters); PyTorch runs under
-``torch.autocast(bfloat16)``, where the reference's ``loop`` CondConv fails (its
-``tensordot`` mixes dtypes); the failure is recorded and the run goes on.
+``torch.autocast(bfloat16)``, where the reference's ``loop`` CondConv fails on the CPU (its
+``tensordot`` mixes dtypes; on a GPU it runs); a failure is recorded and the run goes on.
+``--precision highest``: full float32 on both sides (no TF32). ``--profile DIR``: traces of
+the largest batch's training step (``benchmarks/trace_summary.py DIR`` reads them).
+``benchmarks/gpu_suite.sh`` runs every GPU measurement of RESULTS.md in one call.
 
 Run from the repository root (CPU smoke test, about a minute on 2 cores; ``python
 benchmarks/compare_torch.py`` works too)::

@@ -12,10 +12,10 @@ simulator.output='displacement' --set simulator.coordinates=False --set
 simulator.zero_init_output=False --set objective.lambda_phi=0.02 --set
 objective.change_weight=0.0 --set objective.simulated_batch_norm='batch'`.
 
-Expected run time on one H100, not yet measured (no GPU so far): 5-15 minutes for the
-simulator (6000 steps at 50-148 ms, the step times SPEC reports at batch 8 for a first JAX
-version and for the original PyTorch code) plus a few minutes for the classifier and the
-cohort; `python benchmarks/train_step.py --size 64` measures the step.
+Expected run time on one H100 (measured: `python benchmarks/train_step.py --config
+brain3d_64 --repeats 20`, benchmarks/RESULTS.md section 2): 6000 simulator steps of
+122-124 ms, 12.2-12.4 min, and 2000 classifier steps of 12.2-12.5 ms, 0.4 min, plus the
+cohort's generation, evaluations and checkpoints.
 """
 
 import dataclasses
