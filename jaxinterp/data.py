@@ -289,14 +289,16 @@ def load_volume(
     mask: str | os.PathLike | nib.spatialimages.SpatialImage | np.ndarray | None = None,
     mask_threshold: float = 0.05,
     antialias: bool = True,
+    grid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, VolumeInfo]:
     """Loads a NIfTI scan onto the model grid, z-scored inside a brain mask.
 
     Steps: read with nibabel (a 4D file holding a single volume is squeezed to 3D); check
     the data; reorient to closest canonical RAS+; if the grid shrinks, blur with a Gaussian
-    of std ``(factor - 1) / 2`` native voxels per axis (``factor`` = native / model voxels;
-    the anti-aliasing rule of scikit-image's ``resize``) so that trilinear sampling does
-    not alias noise; resample trilinearly onto the model grid (see `model_grid_affine`);
+    of std ``(factor - 1) / 2`` native voxels per axis (``factor`` = model / native voxel
+    size; the anti-aliasing rule of scikit-image's ``resize``) so that trilinear sampling
+    does not alias noise; resample trilinearly onto the model grid (see
+    `model_grid_affine`, or ``grid``);
     z-score inside the mask and set the voxels outside it to 0.
 
     Args:
@@ -309,6 +311,8 @@ def load_volume(
         model grid, shape ``shape``, nonzero = brain.
       mask_threshold: fraction of the robust maximum for the automatic mask.
       antialias: blur before downsampling (see above).
+      grid: the model grid's affine (voxel indices to world mm), e.g. another scan's, to
+        load this image onto that grid instead of one covering its own field of view.
 
     Returns:
       ``(volume, model_affine, info)``: volume ``(D, H, W)`` float32 in RAS+ order;
@@ -336,12 +340,18 @@ def load_volume(
 
     canonical = nib.as_closest_canonical(img)
     data = np.asarray(canonical.get_fdata(dtype=np.float32))
+    if grid is None:
+        model_affine = model_grid_affine(canonical.affine, data.shape, shape)
+    else:
+        model_affine = np.asarray(grid, np.float64)
+        if model_affine.shape != (4, 4) or not np.isfinite(model_affine).all():
+            raise ValueError(f"grid must be a finite (4, 4) affine, got {model_affine.shape}")
     if antialias:
-        factor = np.asarray(data.shape, np.float64) / np.asarray(shape, np.float64)
+        voxel = lambda a: np.linalg.norm(a[:3, :3], axis=0)  # noqa: E731
+        factor = voxel(model_affine) / voxel(np.asarray(canonical.affine, np.float64))
         sigma = np.maximum(0.0, (factor - 1.0) / 2.0)
         if sigma.any():
             data = scipy.ndimage.gaussian_filter(data, sigma, mode="nearest")
-    model_affine = model_grid_affine(canonical.affine, data.shape, shape)
     # nibabel.processing.resample_from_to composes the voxel-to-voxel map from the two
     # affines itself (inv(A_from) @ A_to) and runs scipy.ndimage.affine_transform: one
     # well-tested library call instead of our own affine algebra. order=1 is trilinear.
