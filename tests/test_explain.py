@@ -12,11 +12,13 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
+import scipy.ndimage
 import scipy.stats
 
 import jaxinterp as ji
 from jaxinterp import synth3d
 from jaxinterp.data import load_volume, model_grid_affine
+from jaxinterp.register import RegistrationConfig
 from jaxinterp.stats import benjamini_hochberg, ols_group_test
 from train import explain as ex
 from train import load_config, train_classifier, train_simulator
@@ -220,6 +222,50 @@ def test_group_maps_are_mean_and_t_of_the_subject_maps(run):
     assert run["summary"]["occlusion"]["window"] == [4, 4, 4]
     assert ex.occlusion_geometry((64, 64, 64)) == ((8, 8, 8), (4, 4, 4))
     assert ex.occlusion_geometry((32, 16, 64)) == ((4, 2, 8), (2, 1, 4))
+
+
+def test_registration_to_the_template(run):
+    """--register: every scan gets a to_template field that lowers its mismatch with the
+    template, and the group maps are the means of the subject maps sampled at x + u(x)
+    (checked with SciPy's trilinear sampling of the saved files)."""
+    out = run["root"] / "out_registered"
+    summary = ex.explain(
+        run["config"],
+        run["workdir"],
+        run["table"],
+        out,
+        methods=("gradient",),
+        ig_steps=1,
+        register_to_template=True,
+        registration=RegistrationConfig(steps=15, learning_rate=0.2),
+    )
+    rows = _rows(out / "scans.csv")
+    before = np.array([float(r["registration_mismatch_before"]) for r in rows])
+    after = np.array([float(r["registration_mismatch_after"]) for r in rows])
+    assert (after < before).all()
+    assert summary["registration"]["template"] == str(synth3d.template_paths()["t1"])
+    template, timg = _load(out / "group" / "template.nii.gz")
+    np.testing.assert_allclose(timg.affine, run["cohort"].affine, atol=1e-5)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), -1)
+    for task, group in (("inject", "control"), ("remove", "patient")):
+        members = [r for r in rows if r["task"] == task]
+        lvc, grad = [], []
+        for r in members:
+            folder = out / "scans" / r["scan_id"]
+            field, fimg = _load(folder / "to_template.nii.gz")
+            assert field.shape == (*SHAPE, 3)
+            np.testing.assert_allclose(fimg.affine, run["cohort"].affine, atol=1e-5)
+            points = np.moveaxis(grid + field, -1, 0)
+            for maps, name in ((lvc, "log_volume_change"), (grad, "saliency_gradient")):
+                m = _load(folder / f"{name}.nii.gz")[0]
+                maps.append(scipy.ndimage.map_coordinates(m, points, order=1, mode="nearest"))
+        mean, _ = _load(out / "group" / f"log_volume_change_{task}_mean.nii.gz")
+        np.testing.assert_allclose(mean, np.mean(lvc, 0), atol=1e-5)
+        sal, _ = _load(out / "group" / f"saliency_gradient_{group}_mean.nii.gz")
+        np.testing.assert_allclose(sal, np.mean(grad, 0), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="template"):
+        ex.explain(run["config"], run["workdir"], run["table"], run["root"] / "x",
+                   template=synth3d.template_paths()["t1"])  # fmt: skip
 
 
 def test_regions_per_scan_and_ols_against_lstsq(run):

@@ -27,9 +27,13 @@ the world (R, A, S) axes, since native voxel axes may be permuted or flipped.
 Group maps. The mean and the one-sample t map of the log-volume-change maps, per
 direction (controls: inject; patients: remove), are taken VOXEL BY VOXEL ON THE MODEL
 GRID: the scans are assumed to be in one template space already (affinely aligned, as the
-synthetic cohort of `jaxinterp.synth3d` is). The paper registered every subject
-non-rigidly to a template first; composing a registration with the maps before averaging
-is a future option. Scans whose model grids differ are averaged anyway, with a warning.
+synthetic cohort of `jaxinterp.synth3d` is). Scans whose model grids differ are averaged
+anyway, with a warning. With ``register=True`` (as the paper did) every scan is first
+registered non-rigidly to a template (`jaxinterp.register`; the MNI152 T1 shipped with
+nilearn unless ``template`` names another NIfTI), loaded onto the model grid like the
+scans; each scan's maps (log volume change and saliency alike) are brought to the
+template, ``map(x + u(x))``, before they are averaged, and the field ``u`` is written
+as ``to_template.nii.gz``.
 
 Baselines. Per scan and per group (mean of the signed maps and mean of the absolute maps)
 with the same writer: the saliency methods of `jaxinterp.saliency` (`METHODS`, a choice),
@@ -55,10 +59,12 @@ Output layout (``out_dir``; written into a temporary folder beside it and rename
     explain.json                 settings, summary, conventions
     scans.csv                    one row per scan: ids, logits, folding, covariates
     scans/<id>/simulated.nii.gz, displacement.nii.gz, log_volume_change.nii.gz,
-              saliency_<method>.nii.gz, native/...   (native=True)
+              saliency_<method>.nii.gz, native/...   (native=True),
+              to_template.nii.gz                     (register=True)
     group/log_volume_change_{inject,remove}_{mean,t}.nii.gz
     group/saliency_<method>_{control,patient}_{mean,absmean}.nii.gz
     group/occlusion_accuracy_drop.nii.gz, mean_image{,_control,_patient}.nii.gz,
+          template.nii.gz (register=True),
           intensity_difference.nii.gz, brain_mask.nii.gz, truth.nii.gz (synthetic)
     regions.csv, region_stats.csv   (with an atlas)
     evaluation.json                 (synthetic cohort)
@@ -98,7 +104,9 @@ from jaxinterp.jacobian import folding_fraction, log_volume_change
 from jaxinterp.losses import INJECT, REMOVE
 from jaxinterp.nn import Classifier
 from jaxinterp.nn.simulator import IMAGE_OUTPUTS
+from jaxinterp.register import RegistrationConfig, register, to_template
 from jaxinterp.stats import benjamini_hochberg, ols_group_test, one_sample_t
+from jaxinterp.synth3d import template_paths
 from train.classifier import load_classifier
 from train.config import TrainConfig, add_config_arguments, to_dict
 from train.evaluate import evaluate_maps, region_use, score_map, spearman
@@ -135,6 +143,7 @@ KIND = "jaxinterp-explain"
 FIELD_DESCRIP = "u in model voxels, comp k = array axis k; pull-back sim(x)=img(x+u(x))"
 NATIVE_FIELD_DESCRIP = "u in world mm along R,A,S; pull-back sim(x)=img(x+u(x))"
 LVC_DESCRIP = "log volume change -log det(I+du/dx); + = tissue grew, - = shrank"
+TEMPLATE_FIELD_DESCRIP = "template->scan, model voxels; scan(x+u(x)) ~ template(x)"
 SIMULATED_DESCRIP = "simulated image (z-scored units), {task} by jaxinterp simulator"
 
 _CONVENTIONS = {
@@ -145,7 +154,8 @@ _CONVENTIONS = {
     "tasks": "controls (label 0): inject disease (task 0); patients (label 1): remove (task 1)",
     "logits": "positive = diseased; logit_shift = (simulated - raw) * (+1 inject, -1 remove)",
     "group_maps": "voxel-wise mean and one-sample t (t = 0 where the std is 0) on the model "
-    "grid; the scans are assumed affinely aligned to one template (no non-rigid registration)",
+    "grid; without registration the scans are assumed affinely aligned to one template; with "
+    "it each scan's maps are sampled at x + u(x) of its to_template field first",
     "saliency": "signed maps, positive raises the logit (jaxinterp.saliency); absmean = mean "
     "of absolute maps; integrated gradients from the mean control image",
     "occlusion": "drop in accuracy over the table's scans when a window is filled with the "
@@ -512,6 +522,9 @@ def explain(
     simulator_name: str = "simulator",
     evaluate: bool | None = None,
     labels: Mapping[str, int] | None = None,
+    register_to_template: bool = False,
+    template: str | os.PathLike | None = None,
+    registration: RegistrationConfig | None = None,
 ) -> dict[str, Any]:
     """Explains the classifier of ``model_workdir`` on every scan of a table.
 
@@ -544,6 +557,10 @@ def explain(
       evaluate: score against the truth of a synthetic cohort: None = when the table is
         one, True = required (error otherwise), False = never.
       labels: label mapping passed to `read_table`.
+      register_to_template: register every scan non-rigidly to ``template`` and average
+        the maps there (see the module docstring).
+      template: the template NIfTI (default: nilearn's MNI152 T1, as `jaxinterp.synth3d`).
+      registration: the optimisation of `jaxinterp.register.register` (None: defaults).
 
     Returns:
       The summary also written to ``out_dir/explain.json``.
@@ -570,6 +587,12 @@ def explain(
     geometry = _occlusion_geometry(shape, occlusion_window, occlusion_stride)
     if atlas is not None and not Path(atlas).is_file():
         raise DataError(f"{atlas}: atlas file not found")
+    if template is not None and not register_to_template:
+        raise ValueError("a template is only used with register_to_template=True")
+    if register_to_template:
+        template = Path(template) if template is not None else template_paths()["t1"]
+        if not template.is_file():
+            raise DataError(f"{template}: template file not found")
 
     model_workdir = Path(model_workdir)
     table_path = Path(table_path)
@@ -610,7 +633,7 @@ def explain(
     grid_offset = max(float(np.abs(i.model_affine - affine).max()) for i in infos)
     voxel = float(np.min(np.linalg.norm(affine[:3, :3], axis=0)))
     grids_differ = grid_offset > 0.01 * voxel
-    if grids_differ:
+    if grids_differ and not register_to_template:
         warnings.warn(
             f"the scans' model grids differ (up to {grid_offset:.3g} mm in the affines): group "
             "maps average voxels that are not the same place; register the scans to one "
@@ -621,6 +644,10 @@ def explain(
     control_mean = images[label_of == 0].mean(0) if (label_of == 0).any() else images.mean(0)
     ids = scan_ids(scans)
     split = _read_split(model_workdir)
+    to_tpl = None
+    if register_to_template:
+        registration = registration or RegistrationConfig()
+        to_tpl = _register_all(images, template, affine, registration, batch_size)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_folder_beside(out_dir)
@@ -647,6 +674,7 @@ def explain(
             covariate_matrix=covariate_matrix,
             covariate_labels=covariate_labels,
             truth_source=truth_source,
+            to_tpl=to_tpl,
         )
         summary.update(
             kind=KIND,
@@ -666,6 +694,38 @@ def explain(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return jsonable(summary)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ToTemplate:
+    """Every scan's registration to the template, on the model grid."""
+
+    template: Path
+    image: np.ndarray  # the template, loaded as the scans are
+    mask: np.ndarray  # its brain mask
+    fields: np.ndarray  # (n, *shape, 3): scan(x + u(x)) ~ template(x)
+    before: np.ndarray  # (n,) mean squared intensity difference in the mask
+    after: np.ndarray
+    config: RegistrationConfig
+
+
+def _register_all(images, template, affine, config, batch_size) -> _ToTemplate:
+    fixed, _, info = load_volume(template, shape=images.shape[1:], grid=affine)
+    n = len(images)
+    fields = np.zeros((n, *images.shape[1:], 3), np.float32)
+    before, after = np.zeros(n), np.zeros(n)
+    progress = tqdm(total=n, desc="register", unit="scan", disable=None)
+    for idx, padded in _batches(n, batch_size):
+        u, stats = register(
+            images[padded][..., None], fixed[..., None], mask=info.mask, config=config
+        )
+        k = idx.size
+        fields[idx] = np.asarray(u)[:k]
+        before[idx] = np.asarray(stats["mismatch_before"])[:k]
+        after[idx] = np.asarray(stats["mismatch_after"])[:k]
+        progress.update(k)
+    progress.close()
+    return _ToTemplate(Path(template), fixed, info.mask, fields, before, after, config)
 
 
 def _explain_into(
@@ -691,6 +751,7 @@ def _explain_into(
     covariate_matrix: np.ndarray,
     covariate_labels: list[str],
     truth_source: _TruthSource | None,
+    to_tpl: _ToTemplate | None = None,
 ) -> dict[str, Any]:
     simulator, sim_variables, classifier, clf_variables = models
     shape = images.shape[1:]
@@ -713,7 +774,7 @@ def _explain_into(
         }
     scan_mask_fraction = np.mean([info.mask for info in infos], axis=0)
     if brain is None:
-        brain = scan_mask_fraction >= 0.5
+        brain = to_tpl.mask if to_tpl is not None else scan_mask_fraction >= 0.5
 
     # Atlas on the model grid (per distinct grid).
     atlas_grids: dict[bytes, np.ndarray] = {}
@@ -750,6 +811,13 @@ def _explain_into(
             simulate_fn(sim_variables, clf_variables, batch, jnp.asarray(tasks[padded]))
         )
         maps = jax.device_get(saliency_fn(clf_variables, batch, baseline)) if methods else {}
+        # What the group maps average: the maps themselves, or brought to the template.
+        group_lvc, group_saliency = result["log_volume_change"], maps
+        if to_tpl is not None:
+            fields = jnp.asarray(to_tpl.fields[padded])
+            group_lvc = np.asarray(to_template(jnp.asarray(group_lvc), fields))
+            group_saliency = {m: np.asarray(to_template(jnp.asarray(v), fields))
+                              for m, v in maps.items()}  # fmt: skip
         for j, i in enumerate(idx):
             scan, info, sid = scans[i], infos[i], ids[i]
             label = int(labels[i])
@@ -771,11 +839,15 @@ def _explain_into(
                     aff,
                     f"saliency {m} (signed, + raises the logit)",
                 )
-                saliency_moments[(m, group, "mean")].add(maps[m][j])
-                saliency_moments[(m, group, "absmean")].add(np.abs(maps[m][j]))
+                saliency_moments[(m, group, "mean")].add(group_saliency[m][j])
+                saliency_moments[(m, group, "absmean")].add(np.abs(group_saliency[m][j]))
             if native:
                 _write_native(writer, folder, scan.path, info, lvc, simulated, field, task)
-            lvc_moments[task].add(lvc)
+            lvc_moments[task].add(group_lvc[j])
+            if to_tpl is not None:
+                writer.nifti(
+                    f"{folder}/to_template.nii.gz", to_tpl.fields[i], aff, TEMPLATE_FIELD_DESCRIP
+                )
             if region_labels:
                 grid = atlas_grids[np.round(aff, 6).tobytes()]
                 region_values[i] = [
@@ -798,6 +870,9 @@ def _explain_into(
                 "folding_fraction": float(result["folding_fraction"][j]),
                 "max_displacement": float(result["max_displacement"][j]),
             }
+            if to_tpl is not None:
+                row["registration_mismatch_before"] = float(to_tpl.before[i])
+                row["registration_mismatch_after"] = float(to_tpl.after[i])
             if truth is not None:
                 own = _subject_truth(truth_source, scan, shape, aff, label, truth)
                 if label == 1:
@@ -1095,6 +1170,20 @@ def _explain_into(
             "mean_abs_cycle_logit_error": float(np.mean(np.abs(cyc - raw))),
         }
     folding = np.array([r["folding_fraction"] for r in rows])
+    registration = None
+    if to_tpl is not None:
+        files["template"] = writer.nifti(
+            "group/template.nii.gz", to_tpl.image, affine, "registration template, z-scored"
+        )
+        registration = {
+            "template": str(to_tpl.template),
+            "settings": dataclasses.asdict(to_tpl.config),
+            "mismatch_before": {"mean": float(to_tpl.before.mean()),
+                                "max": float(to_tpl.before.max())},
+            "mismatch_after": {"mean": float(to_tpl.after.mean()),
+                               "max": float(to_tpl.after.max())},
+            "max_displacement": float(np.abs(to_tpl.fields).max()),
+        }  # fmt: skip
     return {
         "n_scans": n,
         "groups": {g: int((labels == lab).sum()) for lab, g, _, _ in GROUPS},
@@ -1107,6 +1196,7 @@ def _explain_into(
         "folding_fraction": {"mean": float(folding.mean()), "max": float(folding.max())},
         "regions": region_summary,
         "evaluation": evaluation_summary,
+        "registration": registration,
         "files": files,
     }
 
@@ -1223,6 +1313,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="simulator",
         help="the simulator's folder in WORKDIR (default simulator)",
     )
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="register every scan non-rigidly to the template and average the maps there",
+    )
+    parser.add_argument(
+        "--template",
+        default=None,
+        help="template NIfTI for --register (default: nilearn's MNI152 T1)",
+    )
+    parser.add_argument(
+        "--register-steps",
+        type=int,
+        default=RegistrationConfig.steps,
+        help=f"Adam steps of each registration (default {RegistrationConfig.steps})",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -1248,6 +1354,9 @@ def run(args: argparse.Namespace) -> dict:
         atlas_names=args.atlas_names,
         covariates=args.covariates,
         simulator_name=args.simulator_name,
+        register_to_template=args.register,
+        template=args.template,
+        registration=RegistrationConfig(steps=args.register_steps),
     )
     keys = ("out_dir", "n_scans", "groups", "logits", "folding_fraction", "evaluation")
     return {k: summary[k] for k in keys}
