@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxinterp._checks import check_same_shape, split_field_shape
+from jaxinterp._checks import check_same_shape
 
 INJECT = 0
 REMOVE = 1
@@ -97,7 +97,7 @@ def cycle_loss(
 
 
 def smoothness_loss(
-    displacement: jax.Array,
+    field: jax.Array,
     *,
     norm: Literal["l1", "l2"] = "l2",
     reduction: Literal["mean", "sum"] = "mean",
@@ -111,29 +111,26 @@ def smoothness_loss(
     the grid size. Multiply by ``lambda_phi`` yourself.
 
     Args:
-      displacement: ``(N, *spatial, ndim)``, voxel units.
+      field: ``(N, *spatial, C)`` with 2 or 3 spatial axes: a displacement (``C = ndim``
+        components, voxel units) or any field of ``C`` channels (an image change, say).
 
     Returns:
       ``(N,)``.
     """
-    batch, spatial, ndim = split_field_shape(displacement.shape, "smoothness_loss: displacement")
-    if len(batch) != 1:
+    if field.ndim not in (4, 5):
         raise ValueError(
-            "smoothness_loss: expected one batch axis (N, *spatial, ndim), "
-            f"got {displacement.shape}"
+            "smoothness_loss: expected (N, *spatial, C) with 2 or 3 spatial axes, "
+            f"got {field.shape}"
         )
     if norm not in ("l1", "l2"):
         raise ValueError(f"smoothness_loss: norm must be 'l1' or 'l2', got {norm!r}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"smoothness_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
     penalty = jnp.square if norm == "l2" else jnp.abs
-    total = jnp.zeros(displacement.shape[:1], displacement.dtype)
-    axes = tuple(range(1, ndim + 2))
-    for j in range(ndim):
-        diff = penalty(jnp.diff(displacement, axis=1 + j))
-        per_voxel = jnp.sum(diff, axis=-1, keepdims=True)  # over components k
-        term = (
-            jnp.sum(per_voxel, axis=axes) if reduction == "sum" else jnp.mean(per_voxel, axis=axes)
-        )
-        total = total + term
+    spatial_axes = tuple(range(1, field.ndim - 1))
+    reduce = jnp.sum if reduction == "sum" else jnp.mean
+    total = jnp.zeros(field.shape[:1], field.dtype)
+    for axis in spatial_axes:
+        per_voxel = jnp.sum(penalty(jnp.diff(field, axis=axis)), axis=-1)  # over channels
+        total = total + reduce(per_voxel, axis=spatial_axes)
     return total

@@ -64,18 +64,6 @@ def _directions(values: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(values[:n]), jnp.mean(values[n:])
 
 
-def _change_smoothness(change: jax.Array, *, norm: str) -> jax.Array:
-    """``(N, *spatial, C)`` -> ``(N,)``: forward differences of an image change, squared
-    (``"l2"``) or absolute (``"l1"``), summed over channels and axes, averaged over voxels
-    (``smoothness_loss``'s ``"mean"`` form for images)."""
-    penalty = jnp.square if norm == "l2" else jnp.abs
-    axes = tuple(range(1, change.ndim))
-    return sum(
-        jnp.mean(jnp.sum(penalty(jnp.diff(change, axis=a)), axis=-1), axis=axes[:-1])
-        for a in axes[:-1]
-    )
-
-
 def simulator_objective(
     params: Any,
     batch_stats: Any,
@@ -162,7 +150,7 @@ def simulator_objective(
         # Image outputs: the field G produces is the intensity change; the same diffusion
         # regulariser keeps it smooth (an adversarial pattern is not).
         for out, inputs in ((first.image, images), (second.image, first.image)):
-            smooth = _change_smoothness(out - inputs, norm=config.smoothness_norm)
+            smooth = smoothness_loss(out - inputs, norm=config.smoothness_norm)
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
     loss = e_logit + e_cycle + e_phi + e_change
 

@@ -74,6 +74,22 @@ def test_smoothness_loss_zero_for_translation_and_affine_value_3d():
     assert float(ji.smoothness_loss(u)[0]) == pytest.approx(np.sum(a**2), rel=1e-5)
 
 
+def test_smoothness_loss_of_a_one_channel_image_change():
+    """Any channel count: a (N, H, W, 1) image change, against NumPy's forward differences."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 7, 1)).astype(np.float32)
+    expected = sum(
+        (np.diff(x, axis=a) ** 2).sum(-1).mean(axis=(1, 2)) for a in (1, 2)
+    )  # mean over the voxels that have a difference along each axis
+    np.testing.assert_allclose(ji.smoothness_loss(jnp.asarray(x)), expected, rtol=1e-5)
+    l1 = sum(np.abs(np.diff(x, axis=a)).sum(axis=(1, 2, 3)) for a in (1, 2))
+    np.testing.assert_allclose(
+        ji.smoothness_loss(jnp.asarray(x), norm="l1", reduction="sum"), l1, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="spatial axes"):
+        ji.smoothness_loss(jnp.zeros((2, 3, 4, 5, 6, 3)))
+
+
 def test_losses_jit_equals_eager():
     rng = np.random.default_rng(0)
     u = jnp.asarray(rng.normal(size=(2, 5, 6, 7, 3)), jnp.float32)
