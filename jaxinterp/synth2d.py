@@ -44,6 +44,7 @@ blobs unchanged. The order of images is shuffled (labels are interleaved).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -71,33 +72,24 @@ _DATA_FILE = "synth2d.npz"
 _RECIPE_FILE = "recipe.json"
 
 
-def synth2d_recipe(
-    *,
-    n_per_group: int = 512,
-    size: int = 32,
-    blob_sigma: float = 2.5,
-    noise_std: float = 0.002,
-    offdiag_control: tuple[float, float] = (1.0, 5.0),
-    offdiag_patient: tuple[float, float] = (4.0, 8.0),
-    diag: tuple[float, float] = (1.0, 6.0),
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Every parameter of `make_synth2d` plus the conventions and the numpy version.
+def synth2d_recipe(**params: Any) -> dict[str, Any]:
+    """Every parameter of `make_synth2d` (its defaults where not given) plus the
+    conventions and the numpy version.
 
-    ``make_synth2d(**recipe["params"])`` regenerates the data.
+    ``make_synth2d(**recipe["params"])`` regenerates the data. An unknown parameter is a
+    ``TypeError``, as in `make_synth2d`.
     """
+    bound = inspect.signature(make_synth2d).bind(**params)
+    bound.apply_defaults()
+
+    def plain(value: Any) -> Any:  # JSON-ready: ints stay ints, pairs become lists
+        if isinstance(value, tuple | list):
+            return [float(v) for v in value]
+        return int(value) if isinstance(value, int | np.integer) else float(value)
+
     return {
         "dataset": "synth2d",
-        "params": {
-            "n_per_group": int(n_per_group),
-            "size": int(size),
-            "blob_sigma": float(blob_sigma),
-            "noise_std": float(noise_std),
-            "offdiag_control": [float(v) for v in offdiag_control],
-            "offdiag_patient": [float(v) for v in offdiag_patient],
-            "diag": [float(v) for v in diag],
-            "seed": int(seed),
-        },
+        "params": {name: plain(value) for name, value in bound.arguments.items()},
         "conventions": {
             "layout": "images (N, H, W, 1) float32, channels-last; axis 0 = row (top = 0)",
             "quadrants": "0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right",
