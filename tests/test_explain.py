@@ -237,7 +237,7 @@ def test_registration_to_the_template(run):
         methods=("gradient",),
         ig_steps=1,
         register_to_template=True,
-        registration=RegistrationConfig(steps=15, learning_rate=0.2),
+        registration=RegistrationConfig(steps=10, learning_rate=0.2, integration_steps=3),
     )
     rows = _rows(out / "scans.csv")
     before = np.array([float(r["registration_mismatch_before"]) for r in rows])

@@ -9,9 +9,11 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D study found (
 section 4): a velocity field integrated by scaling and squaring (no folding), coordinate
 channels, the output layer starting at 0 (the identity warp), running BatchNorm
 statistics for the cycle pass, an L1 change term (weight 1) and lambda_phi = 1 (paper:
-0.02). Together they raised the simulator's group-map NCC from 0.06 to 0.53 (RESULTS.md
-section 3, one run; their separate effects in 3D are not measured). Takes about 20-30
-minutes on a 2-core CPU.
+0.02). Together they raised the simulator's group-map NCC from 0.06 to 0.53 after 300
+steps, and 900 steps raised it to 0.60 (inject) and 0.57 (remove) (RESULTS.md section 3,
+one run; the settings' separate effects in 3D are not measured). Takes about an hour on
+a 2-core CPU: 400 classifier steps of 0.56 s, 900 simulator steps of 3.1 s
+(`python benchmarks/train_step.py --config brain3d_32`).
 """
 
 from jaxinterp.nn import ClassifierConfig, SimulatorConfig
@@ -35,7 +37,7 @@ def get_config() -> TrainConfig:
             zero_init_output=True,
         ),
         simulator_optim=OptimConfig(
-            steps=300, batch_size=4, learning_rate=1e-4, log_every=25, checkpoint_every=100
+            steps=900, batch_size=4, learning_rate=1e-4, log_every=25, checkpoint_every=100
         ),
         objective=ObjectiveConfig(
             delta=12.5, lambda_phi=1.0, change_weight=1.0, simulated_batch_norm="running"
