@@ -28,7 +28,8 @@ Group maps. The mean and the one-sample t map of the log-volume-change maps, per
 direction (controls: inject; patients: remove), are taken VOXEL BY VOXEL ON THE MODEL
 GRID: the scans are assumed to be in one template space already (affinely aligned, as the
 synthetic cohort of `jaxinterp.synth3d` is). Scans whose model grids differ are averaged
-anyway, with a warning. With ``register=True`` (as the paper did) every scan is first
+anyway, with a warning. With ``register_to_template=True`` (``--register``; as the paper
+did) every scan is first
 registered non-rigidly to a template (`jaxinterp.register`; the MNI152 T1 shipped with
 nilearn unless ``template`` names another NIfTI), loaded onto the model grid like the
 scans; each scan's maps (log volume change and saliency alike) are brought to the
@@ -60,11 +61,11 @@ Output layout (``out_dir``; written into a temporary folder beside it and rename
     scans.csv                    one row per scan: ids, logits, folding, covariates
     scans/<id>/simulated.nii.gz, displacement.nii.gz, log_volume_change.nii.gz,
               saliency_<method>.nii.gz, native/...   (native=True),
-              to_template.nii.gz                     (register=True)
+              to_template.nii.gz                     (--register)
     group/log_volume_change_{inject,remove}_{mean,t}.nii.gz
     group/saliency_<method>_{control,patient}_{mean,absmean}.nii.gz
     group/occlusion_accuracy_drop.nii.gz, mean_image{,_control,_patient}.nii.gz,
-          template.nii.gz (register=True),
+          template.nii.gz (--register),
           intensity_difference.nii.gz, brain_mask.nii.gz, truth.nii.gz (synthetic)
     regions.csv, region_stats.csv   (with an atlas)
     evaluation.json                 (synthetic cohort)
@@ -637,7 +638,7 @@ def explain(
         warnings.warn(
             f"the scans' model grids differ (up to {grid_offset:.3g} mm in the affines): group "
             "maps average voxels that are not the same place; register the scans to one "
-            "template first",
+            "template first (--register)",
             stacklevel=2,
         )
     label_of = np.array([s.label for s in scans], np.int32)
