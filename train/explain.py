@@ -29,12 +29,11 @@ direction (controls: inject; patients: remove), are taken VOXEL BY VOXEL ON THE 
 GRID: the scans are assumed to be in one template space already (affinely aligned, as the
 synthetic cohort of `jaxinterp.synth3d` is). Scans whose model grids differ are averaged
 anyway, with a warning. With ``register_to_template=True`` (``--register``; as the paper
-did) every scan is first
-registered non-rigidly to a template (`jaxinterp.register`; the MNI152 T1 shipped with
-nilearn unless ``template`` names another NIfTI), loaded onto the model grid like the
-scans; each scan's maps (log volume change and saliency alike) are brought to the
-template, ``map(x + u(x))``, before they are averaged, and the field ``u`` is written
-as ``to_template.nii.gz``.
+did) every scan is first registered non-rigidly to a template (`jaxinterp.register`; the
+MNI152 T1 shipped with nilearn unless ``template`` names another NIfTI), loaded onto the
+model grid like the scans; each scan's maps (log volume change and saliency alike) are
+brought to the template, ``map(x + u(x))``, before they are averaged, and the field ``u``
+is written as ``to_template.nii.gz``.
 
 Baselines. Per scan and per group (mean of the signed maps and mean of the absolute maps)
 with the same writer: the saliency methods of `jaxinterp.saliency` (`METHODS`, a choice),
