@@ -34,7 +34,8 @@ __all__ = ["RegistrationConfig", "register", "to_template"]
 
 @dataclasses.dataclass(frozen=True)
 class RegistrationConfig:
-    """How `register` optimises. Defaults suit z-scored brains at 32^3-64^3."""
+    """How `register` optimises. Defaults chosen on z-scored brains at 32^3 (the synthetic
+    cohort; benchmarks/RESULTS.md section 3) and on smooth test volumes."""
 
     steps: int = 100  # Adam steps
     learning_rate: float = 0.1  # Adam step size, in voxels of velocity per step
