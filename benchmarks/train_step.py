@@ -34,7 +34,7 @@ from train import parallel
 from train.classifier import init_state as init_classifier
 from train.classifier import make_step as make_classifier_step
 from train.classifier import variables_of
-from train.config import DataConfig, OptimConfig, TrainConfig, load_config
+from train.config import DataConfig, OptimConfig, TrainConfig, add_config_arguments, load_config
 from train.simulator import init_state as init_simulator
 from train.simulator import make_step
 
@@ -138,15 +138,7 @@ def minutes(steps: int, seconds_per_step: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="time this config's steps (train/configs/NAME.py)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (with --config)",
-    )
+    add_config_arguments(parser, workdir_help=None, required=False)  # time a config's steps
     parser.add_argument("--size", type=int, default=32, help="edge of the cubic volume")
     parser.add_argument(
         "--batches",
@@ -159,7 +151,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--condconv", choices=["experts", "per_example"], default="experts")
     parser.add_argument("--out", help="append JSON lines to this file")
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
+    if args.overrides and not args.config:
+        parser.error("--set needs --config")  # fmt: skip
     info = machine()
     print(json.dumps({"machine": info, "args": vars(args)}))
     if args.config:

@@ -125,17 +125,21 @@ def load_config(name_or_path: str, overrides: tuple[str, ...] | list[str] = ()) 
     return config
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, workdir_help: str) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, *, workdir_help: str | None, required: bool = True
+) -> None:
     """``--config``, ``--workdir`` and repeatable ``--set KEY=VALUE`` (into ``overrides``):
-    the options of every command that trains or uses trained models."""
+    the options of every command that trains or uses trained models. ``workdir_help=None``
+    leaves ``--workdir`` out; ``required=False`` makes ``--config`` optional (benchmarks)."""
     parser.add_argument(
         "--config",
-        required=True,
+        required=required,
         help=f"a config name ({', '.join(available_configs())}) or a path to a .py file "
         "whose get_config() returns a TrainConfig (to use trained models: the one they "
         "were trained with)",
     )
-    parser.add_argument("--workdir", required=True, help=workdir_help)
+    if workdir_help is not None:
+        parser.add_argument("--workdir", required=True, help=workdir_help)
     parser.add_argument(
         "--set",
         dest="overrides",
