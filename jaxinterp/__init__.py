@@ -10,6 +10,7 @@ the sign of the log volume change) are stated in ``jaxinterp.warp`` and
 from jaxinterp import losses, nn, saliency
 from jaxinterp.jacobian import (
     displacement_jacobian,
+    divergence,
     folding_fraction,
     jacobian_determinant,
     log_volume_change,
@@ -36,6 +37,7 @@ __all__ = [
     "compose",
     "cycle_loss",
     "displacement_jacobian",
+    "divergence",
     "folding_fraction",
     "identity_grid",
     "integrate_velocity",

@@ -2,8 +2,9 @@
 
 ``E = E_logit + E_cycle + E_phi`` (paper eq. 1, 2, 5) on a batch of controls ``x`` (task
 inject) and patients ``y`` (task remove), plus an optional ``change_weight * mean|G(x) - x|``
-(or its square) that asks the simulator to change as little as it can (0 by default, as the
-paper):
+(or its square) that asks the simulator to change as little as it can and an optional
+``volume_weight * mean|div u|`` that asks it to change volume in as few places as it can
+(both 0 by default, as the paper):
 
     x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
     x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
@@ -27,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxinterp.jacobian import divergence
 from jaxinterp.losses import (
     INJECT,
     REMOVE,
@@ -53,6 +55,10 @@ class ObjectiveConfig:
     # of two that matter), "l2" spreads it in proportion to what each voxel does for the
     # logit (minimising sum d^2 at a fixed linear logit shift gives d ~ gradient)
     change_norm: Literal["l1", "l2"] = "l1"
+    # "change volume in as few places as possible": weight of mean |div u| of the simulated
+    # field (the first-order log volume change, `jaxinterp.jacobian.divergence`). The change
+    # term above cannot see a warp of uniform tissue; this one does (field outputs only).
+    volume_weight: float = 0.0
     # BatchNorm on the second (cycle) pass, whose inputs are simulated images: "batch" uses
     # and updates batch statistics like the first pass (paper); "running" uses the running
     # averages of the real images and leaves them alone, so inference (running averages
@@ -138,6 +144,7 @@ def simulator_objective(
     change = jnp.mean(per_voxel(first.image - images), axis=tuple(range(1, images.ndim)))
     e_change = config.change_weight * sum(_directions(change, n))
     e_phi = jnp.zeros((), jnp.float32)
+    e_volume = jnp.zeros((), jnp.float32)
     magnitude = jnp.zeros((), jnp.float32)
     if first.displacement is not None:
         for field in (first.displacement, second.displacement):
@@ -146,13 +153,17 @@ def simulator_objective(
             )
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
         magnitude = jnp.mean(jnp.linalg.norm(first.displacement, axis=-1))
+        if config.volume_weight:
+            spatial_axes = tuple(range(1, first.displacement.ndim - 1))
+            volume = jnp.mean(jnp.abs(divergence(first.displacement)), axis=spatial_axes)
+            e_volume = config.volume_weight * sum(_directions(volume, n))
     elif config.lambda_phi:
         # Image outputs: the field G produces is the intensity change; the same diffusion
         # regulariser keeps it smooth (an adversarial pattern is not).
         for out, inputs in ((first.image, images), (second.image, first.image)):
             smooth = smoothness_loss(out - inputs, norm=config.smoothness_norm)
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
-    loss = e_logit + e_cycle + e_phi + e_change
+    loss = e_logit + e_cycle + e_phi + e_change + e_volume
 
     moved = (simulated_logits - original_logits) * (1.0 - 2.0 * task)
     inject_shift, remove_shift = _directions(moved, n)
@@ -162,6 +173,7 @@ def simulator_objective(
         "cycle": e_cycle,
         "smooth": e_phi,
         "change": e_change,
+        "volume": e_volume,
         "shift_inject": inject_shift,
         "shift_remove": remove_shift,
         "displacement": magnitude,

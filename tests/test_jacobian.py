@@ -56,6 +56,23 @@ def test_central_scheme_matches_numpy_gradient(spatial):
     np.testing.assert_allclose(det[interior], _numpy_det(field)[interior], atol=1e-4)
 
 
+@pytest.mark.parametrize("spatial", [(20, 22), (12, 14, 16)])
+def test_divergence_is_the_jacobian_trace_and_first_order_log_volume_change(spatial):
+    field = _smooth_field(np.random.default_rng(3), spatial, sigma=2.0, amplitude=2.0)
+    div = np.asarray(ji.divergence(jnp.asarray(field[None])))[0]
+    interior = tuple(slice(1, -1) for _ in spatial)
+    numpy_div = sum(
+        np.gradient(field[..., k].astype(np.float64), axis=k) for k in range(len(spatial))
+    )
+    np.testing.assert_allclose(div[interior], numpy_div[interior], atol=1e-5)
+    jac = np.asarray(ji.displacement_jacobian(jnp.asarray(field)), np.float64)
+    np.testing.assert_allclose(div, np.trace(jac, axis1=-2, axis2=-1) - len(spatial), atol=1e-5)
+    small = jnp.asarray(0.03 * field)  # det(I + J) = 1 + tr J + O(|J|^2)
+    lvc = np.asarray(ji.log_volume_change(small))
+    np.testing.assert_allclose(-np.asarray(ji.divergence(small)), lvc, atol=1e-3)
+    assert np.abs(lvc).max() > 0.015
+
+
 def test_forward_scheme_is_forward_difference():
     field = _smooth_field(np.random.default_rng(2), (10, 11), sigma=1.5, amplitude=1.0)
     jac = np.asarray(ji.displacement_jacobian(jnp.asarray(field), scheme="forward"))
