@@ -5,6 +5,7 @@
     jaxinterp train --config brain3d_32 --workdir runs/brain3d_32_random \
         --set classifier_optim.steps=1 --set classifier_optim.learning_rate=0.0
     jaxinterp explain --config brain3d_32 --workdir runs/brain3d_32_random \
+        --set classifier_optim.learning_rate=0.0 \
         --table runs/cohort32/cohort.csv --out runs/brain3d_32_random/explain --ig-steps 16
     python benchmarks/randomisation3d.py --trained runs/brain3d_32/explain \
         --untrained runs/brain3d_32_random/explain --out runs/randomisation3d.json
