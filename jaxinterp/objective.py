@@ -146,6 +146,11 @@ def simulator_objective(
     e_phi = jnp.zeros((), jnp.float32)
     e_volume = jnp.zeros((), jnp.float32)
     magnitude = jnp.zeros((), jnp.float32)
+    if config.volume_weight and first.displacement is None:
+        raise ValueError(
+            "ObjectiveConfig.volume_weight penalises the simulated field's volume change; "
+            "this simulator outputs images (no field): set volume_weight=0"
+        )
     if first.displacement is not None:
         for field in (first.displacement, second.displacement):
             smooth = smoothness_loss(

@@ -160,3 +160,8 @@ def test_image_outputs_get_a_smooth_change():
                   + halves(numpy_smoothness(second - first)))  # fmt: skip
     assert want > 0
     np.testing.assert_allclose(float(m["smooth"]), want, rtol=1e-4)
+    with pytest.raises(ValueError, match="volume_weight.*no field"):
+        ji.simulator_objective(
+            sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2), simulator=sim,
+            classifier=clf, config=ji.ObjectiveConfig(volume_weight=1.0), train=False,
+        )  # fmt: skip
