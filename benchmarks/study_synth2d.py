@@ -120,6 +120,12 @@ VARIANTS = {
         "objective.delta=10.0",
     ),
     "jaxinterp_2000": (*synth2d_config.SETTINGS, "simulator_optim.steps=2000"),
+    "jaxinterp_smooth_3": (*synth2d_config.SETTINGS, "objective.lambda_phi=3.0"),
+    "jaxinterp_smooth_3_2000": (
+        *synth2d_config.SETTINGS,
+        "simulator_optim.steps=2000",
+        "objective.lambda_phi=3.0",
+    ),
     "jaxinterp_long": (*synth2d_config.SETTINGS, "simulator_optim.steps=4000"),  # = jaxinterp
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
