@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 
+from jaxinterp.atomic import write_json
 from jaxinterp.metrics import ncc
 from train.evaluate import spread
 
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         if out.exists():
             raise SystemExit(f"{out}: exists; give another --out")
-        tmp = out.with_name(out.name + ".partial")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        write_json(out, result)
 
 
 if __name__ == "__main__":
