@@ -127,6 +127,10 @@ VARIANTS = {
         "objective.lambda_phi=3.0",
     ),
     "jaxinterp_long": (*synth2d_config.SETTINGS, "simulator_optim.steps=4000"),  # = jaxinterp
+    "jaxinterp_8000": (*synth2d_config.SETTINGS, "simulator_optim.steps=8000"),
+    "jaxinterp_lr_3e-4": (*synth2d_config.SETTINGS, "simulator_optim.learning_rate=3e-4"),
+    "jaxinterp_delta_2.5": (*synth2d_config.SETTINGS, "objective.delta=2.5"),
+    "jaxinterp_change_3": (*synth2d_config.SETTINGS, "objective.change_weight=3.0"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
@@ -162,6 +166,20 @@ def run_variant(run: Path, seed: int, name: str) -> dict:
     reference = score(images[..., 0], truth, labels)
     return {"variant": name, "seed": seed, "overrides": list(VARIANTS[name]),
             "ncc": scores, "reference_image": reference, "logits": summary["test"]}  # fmt: skip
+
+
+def average_of_variants(run: Path, seed: int, names: list[str]) -> dict:
+    """Score the mean of several variants' patterns (an ensemble of simulators): does
+    averaging remove what one simulator gets wrong? Trains the variants that are missing."""
+    patterns = []
+    for name in names:
+        config, dataset, images, labels, truth = seed_data(seed, name)
+        workdir = run / f"seed{seed}"
+        sim_name = simulator_name(name)
+        train_simulator(config, workdir, dataset=dataset, name=sim_name)
+        model, variables = load_simulator(config, workdir, dataset.images, name=sim_name)
+        patterns.append(simulator_patterns(model, variables, images, labels)[0])
+    return score(np.mean(patterns, axis=0), truth, labels)
 
 
 def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
@@ -256,7 +274,20 @@ def main() -> None:
         "--diagnose", choices=list(VARIANTS), metavar="VARIANT",
         help="where the classifier looks and what VARIANT's simulator changes, instead",
     )  # fmt: skip
+    parser.add_argument(
+        "--average", action="store_true",
+        help="score the mean of the --variants' maps (an ensemble), instead of each",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.average:
+        print("| seed | mean of | signed | absolute | inject (controls) | remove (patients) |")
+        print("|---|---|---|---|---|---|")
+        for seed in args.seeds:
+            n = average_of_variants(Path(args.run), seed, args.variants)
+            print(f"| {seed} | {', '.join(args.variants)} | {n['signed']['mean']:.3f} | "
+                  f"{n['absolute']['mean']:.3f} | {n['signed_controls']['mean']:.3f} | "
+                  f"{n['signed_patients']['mean']:.3f} |")  # fmt: skip
+        return
     if args.diagnose:
         for seed in args.seeds:
             print(json.dumps({"seed": seed, "variant": args.diagnose,
