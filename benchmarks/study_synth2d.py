@@ -131,6 +131,16 @@ VARIANTS = {
     "jaxinterp_lr_3e-4": (*synth2d_config.SETTINGS, "simulator_optim.learning_rate=3e-4"),
     "jaxinterp_delta_2.5": (*synth2d_config.SETTINGS, "objective.delta=2.5"),
     "jaxinterp_change_3": (*synth2d_config.SETTINGS, "objective.change_weight=3.0"),
+    "jaxinterp_log_gain_10": (
+        *synth2d_config.SETTINGS,
+        "objective.image_smoothness='log_gain'",
+        "objective.lambda_phi=10.0",
+    ),
+    "jaxinterp_log_gain_100": (
+        *synth2d_config.SETTINGS,
+        "objective.image_smoothness='log_gain'",
+        "objective.lambda_phi=100.0",
+    ),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",

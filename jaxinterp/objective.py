@@ -59,6 +59,10 @@ class ObjectiveConfig:
     # field (the first-order log volume change, `jaxinterp.jacobian.divergence`). The change
     # term above cannot see a warp of uniform tissue; this one does (field outputs only).
     volume_weight: float = 0.0
+    # What lambda_phi's diffusion term smooths for an image output: the intensity change
+    # G(x) - x ("change"), or, for a "gain" output, its log gain ("log_gain"): a smooth gain
+    # scales a whole structure alike, where a smooth change lets the gain peak at its centre.
+    image_smoothness: Literal["change", "log_gain"] = "change"
     # BatchNorm on the second (cycle) pass, whose inputs are simulated images: "batch" uses
     # and updates batch statistics like the first pass (paper); "running" uses the running
     # averages of the real images and leaves them alone, so inference (running averages
@@ -163,10 +167,19 @@ def simulator_objective(
             volume = jnp.mean(jnp.abs(divergence(first.displacement)), axis=spatial_axes)
             e_volume = config.volume_weight * sum(_directions(volume, n))
     elif config.lambda_phi:
-        # Image outputs: the field G produces is the intensity change; the same diffusion
-        # regulariser keeps it smooth (an adversarial pattern is not).
-        for out, inputs in ((first.image, images), (second.image, first.image)):
-            smooth = smoothness_loss(out - inputs, norm=config.smoothness_norm)
+        # Image outputs: the field G produces is the intensity change (or the log gain); the
+        # same diffusion regulariser keeps it smooth (an adversarial pattern is not).
+        if config.image_smoothness == "log_gain":
+            if first.log_gain is None:
+                raise ValueError(
+                    "ObjectiveConfig.image_smoothness='log_gain' needs a simulator with "
+                    "output='gain'"
+                )
+            fields = (first.log_gain, second.log_gain)
+        else:
+            fields = (first.image - images, second.image - first.image)
+        for field in fields:
+            smooth = smoothness_loss(field, norm=config.smoothness_norm)
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
     loss = e_logit + e_cycle + e_phi + e_change + e_volume
 

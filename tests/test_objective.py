@@ -129,39 +129,62 @@ def test_running_batch_norm_for_simulated_inputs(models):
     )
 
 
-def test_image_outputs_get_a_smooth_change():
-    """For image outputs lambda_phi weighs the forward differences of the change G(x) - x."""
+def _numpy_smoothness(field):  # mean over pixels of squared forward differences, per image
+    c = field[..., 0].astype(np.float64)
+    return (np.diff(c, axis=1) ** 2).mean(axis=(1, 2)) + (np.diff(c, axis=2) ** 2).mean(axis=(1, 2))
+
+
+def _image_case(output, config):
+    """A 2D simulator with an image output: the objective's metrics and both passes."""
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
     y = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
-    sim = Simulator(SimulatorConfig(ndim=2, features=(2, 4), bottleneck=8, output="residual",
+    sim = Simulator(SimulatorConfig(ndim=2, features=(2, 4), bottleneck=8, output=output,
                                     routing_dropout=0.0))  # fmt: skip
     clf = Classifier(ClassifierConfig(ndim=2, features=(2, 4)))
     sv = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
     cv = clf.init(jax.random.key(1), x)
-    config = ji.ObjectiveConfig(lambda_phi=0.7)
-    _, (m, _) = ji.simulator_objective(
+    run = lambda cfg: ji.simulator_objective(
         sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2),
-        simulator=sim, classifier=clf, config=config, train=False,
+        simulator=sim, classifier=clf, config=cfg, train=False,
     )  # fmt: skip
+    _, (m, _) = run(config)
     images = np.concatenate([x, y])
     task = jnp.array([0, 0, 1, 1])
     first = np.asarray(sim.apply(sv, images, task).image)
     second = np.asarray(sim.apply(sv, first, 1 - task).image)
+    return m, images, first, second, run
 
-    def numpy_smoothness(change):  # mean over voxels of squared forward differences
-        c = change[..., 0].astype(np.float64)
-        return (np.diff(c, axis=1) ** 2).mean(axis=(1, 2)) + (np.diff(c, axis=2) ** 2).mean(
-            axis=(1, 2)
-        )
 
-    halves = lambda v: v[:2].mean() + v[2:].mean()
-    want = 0.7 * (halves(numpy_smoothness(first - images))
-                  + halves(numpy_smoothness(second - first)))  # fmt: skip
+def _halves(v):
+    return v[:2].mean() + v[2:].mean()
+
+
+def test_image_outputs_get_a_smooth_change():
+    """For image outputs lambda_phi weighs the forward differences of the change G(x) - x."""
+    m, images, first, second, run = _image_case("residual", ji.ObjectiveConfig(lambda_phi=0.7))
+    want = 0.7 * (_halves(_numpy_smoothness(first - images))
+                  + _halves(_numpy_smoothness(second - first)))  # fmt: skip
     assert want > 0
     np.testing.assert_allclose(float(m["smooth"]), want, rtol=1e-4)
+    with pytest.raises(ValueError, match="image_smoothness='log_gain' needs .* output='gain'"):
+        run(ji.ObjectiveConfig(lambda_phi=0.7, image_smoothness="log_gain"))
+
+
+def test_volume_weight_needs_a_field():
+    *_, run = _image_case("residual", ji.ObjectiveConfig())
     with pytest.raises(ValueError, match="volume_weight.*no field"):
-        ji.simulator_objective(
-            sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2), simulator=sim,
-            classifier=clf, config=ji.ObjectiveConfig(volume_weight=1.0), train=False,
-        )  # fmt: skip
+        run(ji.ObjectiveConfig(volume_weight=1.0))
+
+
+def test_gain_output_can_smooth_its_log_gain():
+    """image_smoothness="log_gain": the diffusion term on log(G(x) / x) of both passes (the
+    log gain, recovered here from the images), not on the change G(x) - x."""
+    config = ji.ObjectiveConfig(lambda_phi=0.7, image_smoothness="log_gain")
+    m, images, first, second, run = _image_case("gain", config)
+    want = 0.7 * (_halves(_numpy_smoothness(np.log(first / images)))
+                  + _halves(_numpy_smoothness(np.log(second / first))))  # fmt: skip
+    assert want > 0
+    np.testing.assert_allclose(float(m["smooth"]), want, rtol=1e-3)
+    on_change = float(run(ji.ObjectiveConfig(lambda_phi=0.7))[1][0]["smooth"])
+    assert abs(on_change - float(m["smooth"])) > 0.1 * on_change

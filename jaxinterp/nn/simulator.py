@@ -76,6 +76,7 @@ class SimulatorConfig:
 class SimulatorOutput(NamedTuple):
     image: jax.Array  # the simulated image, (N, *spatial, C)
     displacement: jax.Array | None  # the pull-back field (N, *spatial, ndim); None for images
+    log_gain: jax.Array | None = None  # a "gain" output's log scale per voxel (N, *spatial, C)
 
 
 def _upsample(x: jax.Array) -> jax.Array:
@@ -212,7 +213,7 @@ class Simulator(nn.Module):
             return SimulatorOutput((x + out).astype(x.dtype), None)
         if cfg.output == "gain":
             log_gain = GAIN_LIMIT * jnp.tanh(out / GAIN_LIMIT)  # |log gain| < GAIN_LIMIT
-            return SimulatorOutput((x * jnp.exp(log_gain)).astype(x.dtype), None)
+            return SimulatorOutput((x * jnp.exp(log_gain)).astype(x.dtype), None, log_gain)
         field = out
         if cfg.output == "velocity":
             field = integrate_velocity(field, steps=cfg.integration_steps)
