@@ -47,7 +47,7 @@ class ObjectiveConfig:
     shift_loss: Literal["hinge", "bce"] = "hinge"  # eq. 1, or "fool the classifier" BCE
     cycle_weight: float = 1.0  # weight of E_cycle
     cycle_norm: Literal["l1", "l2"] = "l2"  # per-voxel norm of the cycle error
-    lambda_phi: float = 0.02  # weight of the smoothness term E_phi (0 for image outputs)
+    lambda_phi: float = 0.02  # weight of the smoothness term E_phi (image outputs: below)
     smoothness_norm: Literal["l1", "l2"] = "l2"  # paper: L2 diffusion; original code: L1
     smoothness_reduction: Literal["mean", "sum"] = "mean"  # over voxels, see smoothness_loss
     change_weight: float = 0.0  # "change as little as possible": weight of mean |G(x) - x|

@@ -104,6 +104,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(trained_classifier
         "simulator_optim.learning_rate=1e30",
         "simulator_optim.checkpoint_every=1",
         "simulator.output='image'",  # unbounded (synth2d's gain output saturates instead)
+        "objective.image_smoothness='change'",  # an image output has no log gain
     )
     with pytest.raises(NonFiniteLossError, match="at step 2"):
         train_simulator(config, workdir)
