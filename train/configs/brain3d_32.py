@@ -15,9 +15,13 @@ steps, and 900 steps raised it to 0.60 (inject) and 0.57 (remove). A volume term
 weaker smoothness term (``lambda_phi=0.1``) then gave 0.61 / 0.68, per-subject medians
 0.60 / 0.68 (from 0.60 / 0.56), and the same share of scans moved past delta (RESULTS.md
 section 3; one run each, same classifier; with ``volume_weight=0 lambda_phi=1`` you get
-the earlier settings). Takes about an hour on a 2-core CPU: 400 classifier steps of
-0.56 s, 900 simulator steps of about 3 s (`python benchmarks/train_step.py --config
-brain3d_32`).
+the earlier settings). The paper's settings: `--set simulator.output='displacement' --set
+simulator.coordinates=False --set simulator.zero_init_output=False --set
+objective.lambda_phi=0.02 --set objective.change_weight=0.0 --set
+objective.volume_weight=0.0 --set objective.simulated_batch_norm='batch'`.
+
+Takes about an hour on a 2-core CPU: 400 classifier steps of 0.56 s, 900 simulator steps
+of about 3 s (`python benchmarks/train_step.py --config brain3d_32`).
 """
 
 from jaxinterp.nn import ClassifierConfig, SimulatorConfig
