@@ -36,7 +36,7 @@ from train.reproduce import (
 from train.simulator import load_simulator, train_simulator
 
 # The synth2d config's settings before its smoothness term moved to the log gain (RESULTS.md
-# section 4, "The new defaults over three seeds"); the variants built on them keep their
+# section 4, "The first defaults over three seeds"); the variants built on them keep their
 # meaning whatever the config says today.
 SMOOTH_CHANGE_SETTINGS = (
     "simulator.output='gain'",
