@@ -149,6 +149,11 @@ VARIANTS = {
         "objective.image_smoothness='log_gain'",
         "objective.lambda_phi=10.0",
     ),
+    "jaxinterp_log_gain_30": (
+        *SMOOTH_CHANGE_SETTINGS,
+        "objective.image_smoothness='log_gain'",
+        "objective.lambda_phi=30.0",
+    ),
     "jaxinterp_log_gain_100": (  # = jaxinterp (the synth2d config) since this round
         *SMOOTH_CHANGE_SETTINGS,
         "objective.image_smoothness='log_gain'",
