@@ -350,6 +350,12 @@ def test_evaluation_against_the_truth(run):
             mask = run["cohort"].region_masks[region]
             assert r["map_mean"] == pytest.approx(float(mean[mask].mean()), abs=1e-6)
             assert r["sign_agrees"] == (np.sign(r["map_mean"]) == np.sign(r["expected_mean"]))
+            assert r["used_by_classifier"] == evaluation["classifier_uses"][region]["used"]
+        used = [r for r in entry["regions"].values() if r["used_by_classifier"]]
+        assert entry["sign_where_used"] == {
+            "right": sum(r["sign_agrees"] for r in used),
+            "of": len(used),
+        }
     rows = _rows(out / "scans.csv")
     assert all(r["ncc_truth"] != "" for r in rows)
     uses = evaluation["classifier_uses"]
@@ -414,6 +420,9 @@ def test_report_writes_figures_and_page(run, tmp_path):
         assert f"figures/{p.name}" in text
     assert "Evaluation against the truth" in text and "simulator_inject" in text
     assert "## Regions" in text
+    assert "right sign where the classifier looks" in text
+    for region in run["cohort"].region_masks:
+        assert f"| {region} |" in text  # the classifier-use table
     with pytest.raises(FileExistsError):
         rp.report(run["out"], tmp_path / "report")
     rp.report(run["out"], tmp_path / "report", overwrite=True, background="mean")

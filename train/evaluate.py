@@ -8,7 +8,7 @@ scores. `score_map` scores one map; `spearman` compares raw and simulated logits
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -53,6 +53,7 @@ def evaluate_maps(
     brain_mask: np.ndarray,
     region_masks: Mapping[str, np.ndarray],
     subject_scores: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    used_regions: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Scores group maps against the group truth (a log-volume-change map).
 
@@ -66,9 +67,14 @@ def evaluate_maps(
         the expected map's mean there and whether the signs agree.
       subject_scores: ``name -> {"ncc_signed": [...], "ncc_abs": [...]}`` per-subject NCCs
         to summarise (mean, std, min, max, n).
+      used_regions: the truth regions the classifier is known to use (`region_use`); each
+        region entry then says ``used_by_classifier``, and the map's ``sign_where_used``
+        counts the right signs among them (a region the classifier ignores is no fair
+        target for an explanation of that classifier).
 
     Returns:
-      ``name -> {"group": {"ncc_signed", "ncc_abs"}, "regions": {...}, "subjects": {...}}``.
+      ``name -> {"group": {"ncc_signed", "ncc_abs"}, "regions": {...}, "subjects": {...}}``,
+      plus ``"sign_where_used": {"right", "of"}`` when ``used_regions`` is given.
     """
     brain = np.asarray(brain_mask, bool)
     out = {}
@@ -94,8 +100,16 @@ def evaluate_maps(
                 "map_mean": got,
                 "sign_agrees": bool(np.sign(want) == np.sign(got) and want != 0),
             }
+            if used_regions is not None:
+                regions[region]["used_by_classifier"] = region in used_regions
         result = {k: v for k, v in entry.items() if k not in ("map", "abs_map")}
         result.update(group=scores, regions=regions)
+        if used_regions is not None:
+            used = [r for r in regions.values() if r["used_by_classifier"]]
+            result["sign_where_used"] = {
+                "right": sum(r["sign_agrees"] for r in used),
+                "of": len(used),
+            }
         if subject_scores and name in subject_scores:
             result["subjects"] = {k: spread(v) for k, v in subject_scores[name].items()}
         out[name] = result

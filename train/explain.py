@@ -1105,13 +1105,6 @@ def _explain_into(
             "sign": 1.0,
             "file": files["truth"],
         }
-        scored = evaluate_maps(
-            group_maps,
-            truth,
-            brain_mask=brain,
-            region_masks=truth_regions,
-            subject_scores=subject_scores,
-        )
         apply = jax.jit(lambda z: classifier.apply(clf_variables, z[..., None]))
         logit_fn = lambda batch: np.concatenate(
             [np.asarray(apply(jnp.asarray(batch[i : i + batch_size])))
@@ -1122,6 +1115,14 @@ def _explain_into(
         }
         uses = region_use(
             logit_fn, images, labels, truth_regions, control_mean, affected=affected, dilate=2
+        )
+        scored = evaluate_maps(
+            group_maps,
+            truth,
+            brain_mask=brain,
+            region_masks=truth_regions,
+            subject_scores=subject_scores,
+            used_regions={region for region, u in uses.items() if u["used"]},
         )
         evaluation = {
             "classifier_uses": uses,
@@ -1138,7 +1139,8 @@ def _explain_into(
                 "expected": "simulator inject (controls): +group truth, remove (patients): "
                 "-group truth; per scan: patients -own truth, controls +group truth. "
                 "Saliency, occlusion, references: +truth (they speak intensity, not volume)",
-                "regions": "each map's mean inside each truth region vs the expected map's",
+                "regions": "each map's mean inside each truth region vs the expected map's; "
+                "sign_where_used: right signs among the regions the classifier uses",
                 "abs_truth": "reference: |group truth| as a map (what a sign-blind map scores)",
                 "intensity_difference": "reference: mean patient - mean control image",
                 "classifier_uses": "per truth region grown by 2 voxels: the affected patients' "

@@ -388,6 +388,7 @@ def _page(
             per_scan = "n/a"
             if subjects.get("n"):
                 per_scan = f"{_fmt(subjects['mean'])} +- {_fmt(subjects['std'])}"
+            where_used = entry.get("sign_where_used")
             rows.append(
                 [
                     name,
@@ -396,6 +397,7 @@ def _page(
                     entry["group"]["ncc_abs"],
                     per_scan,
                     f"{agree}/{len(regions)}" if regions else "n/a",
+                    f"{where_used['right']}/{where_used['of']}" if where_used else "n/a",
                 ]
             )
         lines.append(
@@ -407,10 +409,27 @@ def _page(
                     "group NCC (abs)",
                     "per-scan NCC (signed, mean +- sd)",
                     "regions with right sign",
+                    "right sign where the classifier looks",
                 ],
                 rows,
             )
         )
+        uses = evaluation.get("classifier_uses")
+        if uses:
+            lines.append(
+                "\nWhich truth regions the classifier uses (`classifier_uses`; the convention "
+                "above):\n"
+            )
+            lines.append(
+                _table(
+                    ["truth region", "patients tested", "logit drop", "fraction of gap", "used"],
+                    [
+                        [region, u["n"], u["logit_drop"], u["fraction_of_gap"],
+                         "yes" if u["used"] else "no"]
+                        for region, u in uses.items()
+                    ],
+                )
+            )  # fmt: skip
         lines.append(f"Details: [evaluation.json]({link('evaluation.json')}).\n")
     return "\n".join(lines) + "\n"
 
