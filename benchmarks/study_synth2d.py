@@ -48,6 +48,14 @@ SMOOTH_CHANGE_SETTINGS = (
     "simulator_optim.steps=4000",
 )
 
+# The synth2d config's settings after that move and before BatchNorm left its simulator
+# (RESULTS.md section 4, "Smoothing the log gain").
+LOG_GAIN_SETTINGS = (
+    *SMOOTH_CHANGE_SETTINGS,
+    "objective.image_smoothness='log_gain'",
+    "objective.lambda_phi=100.0",
+)
+
 VARIANTS = {
     "paper": (),
     "jaxinterp": synth2d_config.SETTINGS,  # the synth2d config's defaults
@@ -154,11 +162,29 @@ VARIANTS = {
         "objective.image_smoothness='log_gain'",
         "objective.lambda_phi=30.0",
     ),
-    "jaxinterp_log_gain_100": (  # = jaxinterp (the synth2d config) since this round
-        *SMOOTH_CHANGE_SETTINGS,
-        "objective.image_smoothness='log_gain'",
-        "objective.lambda_phi=100.0",
+    "jaxinterp_log_gain_100": LOG_GAIN_SETTINGS,
+    # total variation of the log gain (the L1 form of the same term): piecewise-constant
+    # gains, one per blob, are cheap where a smooth gain has to spread
+    "jaxinterp_tv_3": (
+        *LOG_GAIN_SETTINGS,
+        "objective.smoothness_norm='l1'",
+        "objective.lambda_phi=3.0",
     ),
+    # no BatchNorm (= jaxinterp, the synth2d config, since this round): batch statistics
+    # made the training-mode simulator move seed 2's controls by 7.0 logits and the
+    # inference-mode one (running averages) by 2.9
+    "jaxinterp_no_bn": (*LOG_GAIN_SETTINGS, "simulator.batch_norm=False"),
+    "jaxinterp_no_bn_log_gain_30": (
+        *LOG_GAIN_SETTINGS,
+        "simulator.batch_norm=False",
+        "objective.lambda_phi=30.0",
+    ),
+    "jaxinterp_no_bn_log_gain_300": (
+        *LOG_GAIN_SETTINGS,
+        "simulator.batch_norm=False",
+        "objective.lambda_phi=300.0",
+    ),
+    "jaxinterp_no_bn_smooth_change": (*SMOOTH_CHANGE_SETTINGS, "simulator.batch_norm=False"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
