@@ -12,10 +12,12 @@
 
 For every scan both runs explained and every per-scan map both wrote (the simulator's
 log-volume-change map and each saliency map), the NCC of the two maps inside the brain
-mask; then the same for the group maps. A method whose maps for the untrained classifier
-resemble those for the trained one explains the image, not what the classifier learned.
-A method passes when its mean per-scan NCC is below ``PASS_BELOW`` in absolute value
-(the two maps share less than 10% of their variance).
+mask, signed and of their absolute values; then the same for the group maps. A method
+whose maps for the untrained classifier resemble those for the trained one explains the
+image, not what the classifier learned. A method passes when its mean per-scan NCC is
+below ``PASS_BELOW`` in absolute value (the two maps share less than 10% of their
+variance) for the scans of each task (inject: controls, remove: patients) alike: a mean
+over both can hide one direction that fails.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def _scan_ids(explain_dir: Path) -> dict[str, str]:
 def compare_runs(trained: str | os.PathLike, untrained: str | os.PathLike) -> dict:
     """Per-scan and group NCC between the maps of two explain runs of the same scans.
 
-    Returns ``{"scans": {method: spread of NCC}, "group": {file: NCC}, "n_scans": int,
-    "passes": {method: bool}}``; methods are the per-scan file stems
+    Returns ``{"scans": {method: spread of NCC}, "by_task": {task: {method: spread}},
+    "scans_abs": {method: spread of the absolute maps' NCC}, "group": {file: NCC},
+    "n_scans": int, "passes": {method: bool}}``; methods are the per-scan file stems
     (``log_volume_change``, ``saliency_gradient``, ...).
     """
     trained, untrained = Path(trained), Path(untrained)
@@ -77,6 +80,8 @@ def compare_runs(trained: str | os.PathLike, untrained: str | os.PathLike) -> di
     mask_file = trained / "group" / "brain_mask.nii.gz"
     mask = _load(mask_file) > 0 if mask_file.is_file() else None
     per_method: dict[str, list[float]] = {}
+    per_task: dict[str, dict[str, list[float]]] = {}
+    per_method_abs: dict[str, list[float]] = {}
     for scan in common:
         folder_a, folder_b = trained / "scans" / scan, untrained / "scans" / scan
         names = sorted(
@@ -85,33 +90,59 @@ def compare_runs(trained: str | os.PathLike, untrained: str | os.PathLike) -> di
             and (folder_b / p.name).is_file()
         )  # fmt: skip
         for name in names:
-            value = _ncc(_load(folder_a / name), _load(folder_b / name), mask)
-            per_method.setdefault(name.removesuffix(".nii.gz"), []).append(value)
+            a, b = _load(folder_a / name), _load(folder_b / name)
+            value = _ncc(a, b, mask)
+            method = name.removesuffix(".nii.gz")
+            per_method.setdefault(method, []).append(value)
+            per_task.setdefault(tasks_a[scan], {}).setdefault(method, []).append(value)
+            per_method_abs.setdefault(method, []).append(_ncc(np.abs(a), np.abs(b), mask))
     group = {}
     for path in sorted((trained / "group").glob("*.nii.gz")):
         other = untrained / "group" / path.name
         if other.is_file() and ("log_volume_change" in path.name or "saliency" in path.name):
             group[path.name.removesuffix(".nii.gz")] = _ncc(_load(path), _load(other), mask)
     scans = {method: spread(values) for method, values in per_method.items()}
+    by_task = {
+        task: {method: spread(values) for method, values in methods.items()}
+        for task, methods in sorted(per_task.items())
+    }
+    passes = {
+        method: all(abs(t[method]["mean"]) < PASS_BELOW for t in by_task.values() if method in t)
+        for method in scans
+    }
     return {
         "trained": str(trained),
         "untrained": str(untrained),
         "n_scans": len(common),
         "scans": scans,
+        "by_task": by_task,
+        "scans_abs": {method: spread(values) for method, values in per_method_abs.items()},
         "group": group,
         "pass_below": PASS_BELOW,
-        "passes": {method: bool(abs(s["mean"]) < PASS_BELOW) for method, s in scans.items()},
+        "passes": passes,
     }
 
 
 def table(result: dict) -> str:
+    tasks = list(result["by_task"])
     lines = [
-        "| method | per-scan NCC, trained vs untrained (mean ± sd) | passes |",
-        "|---|---|---|",
+        "| method | per-scan NCC, trained vs untrained (mean ± sd) | "
+        + " | ".join(f"{task} scans" for task in tasks)
+        + " | absolute maps | passes |",
+        "|---|---|" + "---|" * len(tasks) + "---|---|",
     ]
     for method, s in result["scans"].items():
         mark = "yes" if result["passes"][method] else "no"
-        lines.append(f"| {method} | {s['mean']:.3f} ± {s['std']:.3f} | {mark} |")
+        cells = [
+            f"{result['by_task'][task][method]['mean']:.3f}"
+            if method in result["by_task"][task] else "–"
+            for task in tasks
+        ]  # fmt: skip
+        absolute = result["scans_abs"][method]["mean"]
+        lines.append(
+            f"| {method} | {s['mean']:.3f} ± {s['std']:.3f} | {' | '.join(cells)} | "
+            f"{absolute:.3f} | {mark} |"
+        )
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.randomisation3d import PASS_BELOW
 from jaxinterp import synth2d
 from jaxinterp.metrics import ncc
 from jaxinterp.nn import Classifier
@@ -241,8 +242,15 @@ def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
     initialisation: one Adam step at learning rate 0, which only sets BatchNorm statistics)
     and compare each method's maps with those of the trained classifier. A method whose
     maps barely change (NCC near 1) does not explain the classifier. The simulator has the
-    settings of ``variant`` ("paper": reproduce's simulator_condconv)."""
-    base, dataset, images, labels, _ = seed_data(seed, variant)
+    settings of ``variant`` ("paper": reproduce's simulator_condconv).
+
+    Per direction (inject on the held-out controls, remove on the patients; for saliency,
+    the same two groups of images): the mean NCC of the two maps, signed and absolute, and
+    the mean NCC of the untrained classifier's maps with the truth. A method passes when
+    the signed NCC is below ``PASS_BELOW`` in absolute value in both directions (the rule
+    of the 3D check, `benchmarks/randomisation3d.py`): a mean over both directions can hide
+    one that fails."""
+    base, dataset, images, labels, truth = seed_data(seed, variant)
     untrained = seed_config(seed, quick=False, extra=(
         *VARIANTS[variant], "classifier_optim.steps=1", "classifier_optim.learning_rate=0.0"
     ))  # fmt: skip
@@ -262,12 +270,22 @@ def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
         model, variables = load_simulator(config, folder, dataset.images, name=sim_name)
         maps[name] = {"simulator": simulator_patterns(model, variables, images, labels)[0],
                       **saliency_maps(config, clf_vars, images)}  # fmt: skip
+    mean_ncc = lambda a, b: float(np.nanmean(np.asarray(ncc(a, b, batch_dims=1))))
     out = {}
     for method in maps["trained"]:
         a, b = jnp.asarray(maps["trained"][method]), jnp.asarray(maps["untrained"][method])
-        similarity = np.asarray(ncc(a, b, batch_dims=1))
-        out[method] = {"ncc_trained_vs_untrained": float(np.nanmean(similarity))}
-    return {"seed": seed, "randomisation": out}
+        row = {"ncc_trained_vs_untrained": mean_ncc(a, b)}
+        for label, direction in ((0, "inject"), (1, "remove")):
+            m = labels == label
+            row[direction] = {
+                "ncc": mean_ncc(a[m], b[m]),
+                "ncc_abs": mean_ncc(jnp.abs(a[m]), jnp.abs(b[m])),
+                "untrained_vs_truth": mean_ncc(b[m], jnp.asarray(truth[m])),
+                "trained_vs_truth": mean_ncc(a[m], jnp.asarray(truth[m])),
+            }
+        row["passes"] = all(abs(row[d]["ncc"]) < PASS_BELOW for d in ("inject", "remove"))
+        out[method] = row
+    return {"seed": seed, "variant": variant, "randomisation": out}
 
 
 def baseline_scores(run: Path, seed: int) -> dict:
@@ -357,12 +375,22 @@ def main() -> None:
                       f"{n['signed_patients']['mean']:.3f} |")  # fmt: skip
         return
     if args.randomisation:
-        print("| seed | method | NCC of maps, trained vs untrained classifier |")
-        print("|---|---|---|")
+        print("| seed | method | NCC trained vs untrained, inject / remove | absolute maps | "
+              "untrained maps vs truth | passes |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
         for seed in args.seeds:
             result = randomisation_check(Path(args.run), seed, args.randomisation)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(result) + "\n")
             for method, row in result["randomisation"].items():
-                print(f"| {seed} | {method} | {row['ncc_trained_vs_untrained']:.3f} |")
+                pair = lambda key, row=row: " / ".join(
+                    f"{row[d][key]:.3f}" for d in ("inject", "remove")
+                )
+                print(
+                    f"| {seed} | {method} | {pair('ncc')} | {pair('ncc_abs')} | "
+                    f"{pair('untrained_vs_truth')} | {'yes' if row['passes'] else 'no'} |"
+                )
         return
     rows = []
     for seed in args.seeds:

@@ -60,6 +60,39 @@ def test_compare_runs_scores_each_method_against_numpy(tmp_path):
         "saliency_grad_cam": False,
     }
     assert result["passes"]["log_volume_change"]  # 512 independent voxels: |r| << 0.3
+    # Per task: each of the two scans alone; absolute maps against NumPy.
+    assert set(result["by_task"]) == {"inject", "remove"}
+    for scan, task in tasks.items():
+        np.testing.assert_allclose(
+            result["by_task"][task]["log_volume_change"]["mean"],
+            expected[list(tasks).index(scan)],
+            atol=1e-4,
+        )
+    lvc = [(np.abs(a[s]["log_volume_change"][mask]), np.abs(b[s]["log_volume_change"][mask]))
+           for s in tasks]  # fmt: skip
+    want_abs = np.mean([np.corrcoef(x, y)[0, 1] for x, y in lvc])
+    got_abs = result["scans_abs"]["log_volume_change"]["mean"]
+    np.testing.assert_allclose(got_abs, want_abs, atol=1e-4)
+    # A flipped map is the same map in absolute value.
+    np.testing.assert_allclose(result["scans_abs"]["saliency_grad_cam"]["mean"], 1.0, atol=1e-4)
+
+
+def test_one_direction_that_fails_is_not_hidden_by_the_mean(tmp_path):
+    """The same map for inject scans and its negative for remove scans: the mean over all
+    scans is 0, each task's is +1 or -1, and the method fails."""
+    rng = np.random.default_rng(2)
+    shape = (6, 6, 6)
+    tasks = {"sub-0": "inject", "sub-1": "inject", "sub-2": "remove", "sub-3": "remove"}
+    a = {s: {"log_volume_change": rng.normal(size=shape).astype(np.float32)} for s in tasks}
+    sign = {"inject": 1.0, "remove": -1.0}
+    b = {s: {"log_volume_change": sign[t] * a[s]["log_volume_change"]} for s, t in tasks.items()}
+    _write_run(tmp_path / "trained", a, tasks)
+    _write_run(tmp_path / "untrained", b, tasks)
+    result = compare_runs(tmp_path / "trained", tmp_path / "untrained")
+    assert result["scans"]["log_volume_change"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert result["by_task"]["inject"]["log_volume_change"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert result["by_task"]["remove"]["log_volume_change"]["mean"] == pytest.approx(-1.0, abs=1e-5)
+    assert result["passes"] == {"log_volume_change": False}
 
 
 def test_compare_runs_rejects_scans_explained_in_different_directions(tmp_path):
