@@ -33,9 +33,8 @@ import numpy as np
 
 from jaxinterp.atomic import write_json
 from jaxinterp.metrics import ncc
+from train.evaluate import RANDOMISATION_PASS_BELOW as PASS_BELOW
 from train.evaluate import spread
-
-PASS_BELOW = 0.3  # |NCC| below this: r^2 < 0.09
 
 
 def _load(path: Path) -> np.ndarray:

@@ -19,7 +19,19 @@ import scipy.stats
 
 from jaxinterp.metrics import ncc
 
-__all__ = ["evaluate_maps", "region_use", "score_map", "spearman", "spread"]
+__all__ = [
+    "RANDOMISATION_PASS_BELOW",
+    "evaluate_maps",
+    "region_use",
+    "score_map",
+    "spearman",
+    "spread",
+]
+
+# Randomisation checks (benchmarks/randomisation3d.py, benchmarks/study_synth2d.py): a
+# method passes when the NCC of its maps for the trained and the untrained classifier is
+# below this in absolute value in each direction (r^2 < 0.09).
+RANDOMISATION_PASS_BELOW = 0.3
 
 _ncc = jax.jit(ncc)
 
