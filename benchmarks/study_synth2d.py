@@ -171,9 +171,9 @@ VARIANTS = {
         "objective.smoothness_norm='l1'",
         "objective.lambda_phi=3.0",
     ),
-    # no BatchNorm (= jaxinterp, the synth2d config, since this round): batch statistics
-    # made the training-mode simulator move seed 2's controls by 7.0 logits and the
-    # inference-mode one (running averages) by 2.9
+    # no BatchNorm: batch statistics made the training-mode simulator move seed 2's
+    # controls by 7.0 logits and the inference-mode one (running averages) by 2.9; with
+    # 8000 steps (jaxinterp_no_bn_8000) it is jaxinterp, the synth2d config, since this round
     "jaxinterp_no_bn": (*LOG_GAIN_SETTINGS, "simulator.batch_norm=False"),
     "jaxinterp_no_bn_log_gain_30": (
         *LOG_GAIN_SETTINGS,
@@ -184,6 +184,16 @@ VARIANTS = {
         *LOG_GAIN_SETTINGS,
         "simulator.batch_norm=False",
         "objective.lambda_phi=300.0",
+    ),
+    "jaxinterp_no_bn_8000": (
+        *LOG_GAIN_SETTINGS,
+        "simulator.batch_norm=False",
+        "simulator_optim.steps=8000",
+    ),
+    "jaxinterp_no_bn_change_0.5": (
+        *LOG_GAIN_SETTINGS,
+        "simulator.batch_norm=False",
+        "objective.change_weight=0.5",
     ),
     "jaxinterp_no_bn_smooth_change": (*SMOOTH_CHANGE_SETTINGS, "simulator.batch_norm=False"),
     "residual_smooth_coords_bn_running": (

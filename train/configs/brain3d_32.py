@@ -15,7 +15,10 @@ steps, and 900 steps raised it to 0.60 (inject) and 0.57 (remove). A volume term
 weaker smoothness term (``lambda_phi=0.1``) then gave 0.61 / 0.68, per-subject medians
 0.60 / 0.68 (from 0.60 / 0.56), and the same share of scans moved past delta (RESULTS.md
 section 3; one run each, same classifier; with ``volume_weight=0 lambda_phi=1`` you get
-the earlier settings). The paper's settings: `--set simulator.output='displacement' --set
+the earlier settings). Its maps pass the randomisation check in each direction
+(`benchmarks/randomisation3d.py`). Unlike the 2D simulator (`synth2d`) it keeps BatchNorm:
+with batch statistics and with running averages it moves the logits alike (17.6 and 17.7
+logits, inject). The paper's settings: `--set simulator.output='displacement' --set
 simulator.coordinates=False --set simulator.zero_init_output=False --set
 objective.lambda_phi=0.02 --set objective.change_weight=0.0 --set
 objective.volume_weight=0.0 --set objective.simulated_batch_norm='batch'`.
