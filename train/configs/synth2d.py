@@ -18,12 +18,12 @@ direction at least 0.75; the paper's settings 0.52, worst 0.27):
   so a blob is scaled alike throughout (on the intensity change, lambda_phi=1, the gain
   peaked at each blob's centre and the three seeds scored 0.78, worst 0.67);
 - ``batch_norm=False``: no BatchNorm in the simulator. Its features here have one to
-  eight channels, some with a variance of 1e-4 around a mean of 2.7, so the normalisation
-  by the batch's statistics in training and by the running averages in inference differ
-  by up to two thirds of a standard deviation: on seed 2 the trained simulator moved training
-  controls by 7.0 logits with batch statistics and by 2.9 with running averages, and its
-  maps were those of the weaker one (0.77 with BatchNorm, 0.80 without; mean 0.80 ->
-  0.85 at 4000 steps);
+  eight channels, one of them with a variance of 1e-4 around a mean of 2.7, so the
+  normalisation by a batch's statistics (training) and by the running averages
+  (inference) differ by up to two thirds of a standard deviation: on seed 2 the trained
+  simulator moved training controls by 7.0 logits with batch statistics and by 2.9 with
+  running averages, and its maps were those of the weaker one (0.77 with BatchNorm, 0.80
+  without; mean 0.80 -> 0.85 at 4000 steps);
 - ``simulated_batch_norm="running"``: the cycle pass runs in inference mode (without
   BatchNorm this only turns off the routing dropout there);
 - ``zero_init_output=True``: the simulator starts as the identity (a random start left
