@@ -291,3 +291,34 @@ def test_settings_added_after_a_checkpoint_do_not_block_resuming():
     assert _differences(saved, {"config": {"objective": {"delta": 6.0}}}) == [
         "config.objective.delta: checkpoint 5.0, now 6.0"
     ]
+
+
+def test_cosine_schedule_follows_its_formula_and_pins_the_step_count():
+    from train.classifier import make_optimizer, optim_meta
+    from train.config import OptimConfig
+
+    optim = OptimConfig(steps=10, learning_rate=0.1, schedule="cosine")
+    optimizer = make_optimizer(optim)
+    params = np.zeros(1, np.float32)
+    state = optimizer.init(params)
+    steps = []
+    for _ in range(optim.steps):
+        # A constant gradient makes every Adam update the learning rate of its step.
+        updates, state = optimizer.update(np.ones(1, np.float32), state, params)
+        steps.append(-float(updates[0]))
+    t = np.arange(optim.steps)
+    expected = 0.5 * optim.learning_rate * (1.0 + np.cos(np.pi * t / optim.steps))
+    np.testing.assert_allclose(steps, expected, rtol=1e-4)  # float32 Adam
+    assert "steps" in optim_meta(optim)  # a cosine run cannot be extended on resume
+    assert "steps" not in optim_meta(OptimConfig(steps=10))
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        make_optimizer(OptimConfig(schedule="linear"))
+
+
+def test_a_cosine_run_refuses_to_resume_with_more_steps(trained_classifier, tmp_path):
+    src, _ = trained_classifier
+    workdir = _copy_classifier(src, tmp_path)
+    train_simulator(tiny_config("simulator_optim.schedule='cosine'"), workdir)
+    more = tiny_config("simulator_optim.schedule='cosine'", "simulator_optim.steps=9")
+    with pytest.raises(CheckpointMismatchError, match="steps"):
+        train_simulator(more, workdir)

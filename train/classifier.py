@@ -13,23 +13,48 @@ import optax
 from jaxinterp.atomic import write_json
 from jaxinterp.nn import Classifier
 from train import loop, parallel
-from train.config import TrainConfig, to_dict
+from train.config import OptimConfig, TrainConfig, to_dict
 from train.datasets import Dataset, batch_indices, load_dataset, save_split
 
 
 def classifier_meta(config: TrainConfig) -> dict:
     """What a classifier checkpoint must have been trained with to be resumed or used."""
-    optim = to_dict(config.classifier_optim)
-    for resumable in ("steps", "log_every", "checkpoint_every"):
-        optim.pop(resumable)
-    return {"config": {"data": to_dict(config.data), "classifier": to_dict(config.classifier),
-                       "optim": optim, "seed": config.seed}}  # fmt: skip
+    return {
+        "config": {
+            "data": to_dict(config.data),
+            "classifier": to_dict(config.classifier),
+            "optim": optim_meta(config.classifier_optim),
+            "seed": config.seed,
+        }
+    }
 
 
-def make_optimizer(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
-    if weight_decay > 0:
-        return optax.adamw(learning_rate, weight_decay=weight_decay)
-    return optax.adam(learning_rate)
+def optim_meta(optim: OptimConfig) -> dict:
+    """The optimisation settings a checkpoint must match to be resumed.
+
+    The step count, logging and checkpoint intervals may change on resume (a run continues
+    to its new ``steps``), except under a cosine schedule, whose every step depends on it.
+    """
+    meta = to_dict(optim)
+    resumable = ["log_every", "checkpoint_every"]
+    if optim.schedule == "constant":
+        resumable.append("steps")
+    for key in resumable:
+        meta.pop(key)
+    return meta
+
+
+def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    """Adam (AdamW when ``weight_decay > 0``) at a fixed rate or a cosine decay to 0."""
+    if optim.schedule == "cosine":
+        rate = optax.cosine_decay_schedule(optim.learning_rate, optim.steps)
+    elif optim.schedule == "constant":
+        rate = optim.learning_rate
+    else:
+        raise ValueError(f"unknown schedule {optim.schedule!r}: use 'constant' or 'cosine'")
+    if optim.weight_decay > 0:
+        return optax.adamw(rate, weight_decay=optim.weight_decay)
+    return optax.adam(rate)
 
 
 def init_state(
@@ -37,9 +62,7 @@ def init_state(
 ) -> tuple[Classifier, dict, optax.GradientTransformation]:
     model = Classifier(config.classifier)
     variables = model.init(jax.random.key(config.seed), jnp.asarray(sample[:1]))
-    optimizer = make_optimizer(
-        config.classifier_optim.learning_rate, config.classifier_optim.weight_decay
-    )
+    optimizer = make_optimizer(config.classifier_optim)
     return model, loop.new_state(variables, optimizer), optimizer
 
 

@@ -33,12 +33,13 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """One network's optimisation: Adam, fixed learning rate."""
+    """One network's optimisation: Adam, a fixed learning rate or a cosine decay to 0."""
 
     steps: int = 1000  # optimizer steps in total (a resumed run continues to this)
     batch_size: int = 8  # global batch (for the simulator: per direction)
     learning_rate: float = 1e-4
     weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    schedule: Literal["constant", "cosine"] = "constant"  # cosine: from learning_rate to 0 at steps
     log_every: int = 50  # steps between metric lines
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
 

@@ -20,6 +20,7 @@ from train.classifier import (
     classifier_meta,
     load_classifier,
     make_optimizer,
+    optim_meta,
     predict_logits,
     variables_of,
 )
@@ -31,14 +32,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def simulator_meta(config: TrainConfig) -> dict:
     """What a simulator checkpoint must have been trained with to be resumed or used."""
-    optim = to_dict(config.simulator_optim)
-    for resumable in ("steps", "log_every", "checkpoint_every"):
-        optim.pop(resumable)
     config_dict = {
         "classifier": classifier_meta(config)["config"],
         "simulator": to_dict(config.simulator),
         "objective": to_dict(config.objective),
-        "optim": optim,
+        "optim": optim_meta(config.simulator_optim),
         "dtype": config.dtype,
         "seed": config.seed,
     }
@@ -53,8 +51,7 @@ def init_state(config: TrainConfig, sample: np.ndarray):
         x,
         jnp.array([INJECT, REMOVE]),
     )
-    optim = config.simulator_optim
-    optimizer = make_optimizer(optim.learning_rate, optim.weight_decay)
+    optimizer = make_optimizer(config.simulator_optim)
     return model, loop.new_state(variables, optimizer), optimizer
 
 
