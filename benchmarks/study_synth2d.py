@@ -182,6 +182,7 @@ VARIANTS = {
     "jaxinterp_no_bn_log_gain_30": (*NO_BN_SETTINGS, "objective.lambda_phi=30.0"),
     "jaxinterp_no_bn_log_gain_300": (*NO_BN_SETTINGS, "objective.lambda_phi=300.0"),
     "jaxinterp_no_bn_8000": (*NO_BN_SETTINGS, "simulator_optim.steps=8000"),
+    "jaxinterp_no_bn_16000": (*NO_BN_SETTINGS, "simulator_optim.steps=16000"),
     "jaxinterp_no_bn_change_0.5": (*NO_BN_SETTINGS, "objective.change_weight=0.5"),
     "jaxinterp_no_bn_smooth_change": (*SMOOTH_CHANGE_SETTINGS, "simulator.batch_norm=False"),
     # the learning rate decays to 0 over the run (a constant 1e-3 leaves Adam's noise in
