@@ -34,7 +34,7 @@ import numpy as np
 from jaxinterp.atomic import write_json
 from jaxinterp.metrics import ncc
 from train.evaluate import RANDOMISATION_PASS_BELOW as PASS_BELOW
-from train.evaluate import spread
+from train.evaluate import randomisation_passes, spread
 
 
 def _load(path: Path) -> np.ndarray:
@@ -106,7 +106,7 @@ def compare_runs(trained: str | os.PathLike, untrained: str | os.PathLike) -> di
         for task, methods in sorted(per_task.items())
     }
     passes = {
-        method: all(abs(t[method]["mean"]) < PASS_BELOW for t in by_task.values() if method in t)
+        method: randomisation_passes(t[method]["mean"] for t in by_task.values() if method in t)
         for method in scans
     }
     return {

@@ -8,7 +8,7 @@ scores. `score_map` scores one map; `spearman` compares raw and simulated logits
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ from jaxinterp.metrics import ncc
 __all__ = [
     "RANDOMISATION_PASS_BELOW",
     "evaluate_maps",
+    "randomisation_passes",
     "region_use",
     "score_map",
     "spearman",
@@ -32,6 +33,14 @@ __all__ = [
 # method passes when the NCC of its maps for the trained and the untrained classifier is
 # below this in absolute value in each direction (r^2 < 0.09).
 RANDOMISATION_PASS_BELOW = 0.3
+
+
+def randomisation_passes(ncc_per_direction: Iterable[float]) -> bool:
+    """Whether a method passes the randomisation check: the NCC of its maps for the trained
+    and the untrained classifier is below `RANDOMISATION_PASS_BELOW` in absolute value in
+    every direction (a mean over directions can hide one that fails)."""
+    return all(abs(value) < RANDOMISATION_PASS_BELOW for value in ncc_per_direction)
+
 
 _ncc = jax.jit(ncc)
 
