@@ -25,7 +25,7 @@ from jaxinterp.losses import (
 )
 from jaxinterp.metrics import ncc
 from jaxinterp.objective import ObjectiveConfig, simulator_objective
-from jaxinterp.warp import compose, identity_grid, integrate_velocity, warp
+from jaxinterp.warp import compose, identity_grid, integrate_velocity, poisson_velocity, warp
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "folding_fraction",
     "identity_grid",
     "integrate_velocity",
+    "poisson_velocity",
     "jacobian_determinant",
     "log_volume_change",
     "logit_shift_loss",

@@ -107,3 +107,55 @@ def integrate_velocity(velocity: jax.Array, *, steps: int = 7) -> jax.Array:
     for _ in range(steps):
         u = compose(u, u)
     return u
+
+
+def poisson_velocity(growth: jax.Array, *, ndim: int) -> jax.Array:
+    """The curl-free velocity field whose divergence is ``-growth``: ``v = -grad psi``.
+
+    ``psi`` solves ``laplacian psi = growth`` on the grid (voxel units, 7-point (3D) or
+    5-point (2D) Laplacian, ``psi = 0`` one voxel beyond the grid), by an FFT of the odd
+    extension of ``growth`` along each axis (a type-I discrete sine transform); the gradient
+    is the central difference with the same zero border. Of all fields with this divergence
+    it is the one of least squared norm, so the volume changes only where ``growth`` is
+    non-zero and the tissue elsewhere moves without changing volume. Since ``log det(I +
+    du/dx) ~ -div u`` for a small pull-back field, the flow of ``v`` has
+    ``log_volume_change`` close to ``growth`` (positive = growth, e.g. enlarged ventricles).
+
+    Args:
+      growth: ``(*batch, *spatial)`` log-volume-change rate per voxel.
+      ndim: number of spatial axes (the last ``ndim`` axes of ``growth``).
+
+    Returns:
+      ``(*batch, *spatial, ndim)`` velocity in voxel units, float32.
+    """
+    if ndim not in (2, 3) or growth.ndim < ndim:
+        raise ValueError(
+            f"poisson_velocity: growth must have {ndim} spatial axes (ndim 2 or 3), "
+            f"got shape {growth.shape}"
+        )
+    growth = jnp.asarray(growth, jnp.float32)
+    axes = tuple(range(growth.ndim - ndim, growth.ndim))
+    ext = growth
+    for axis in axes:  # odd extension [0, g, 0, -g reversed]: period 2 (n + 1)
+        zero = jnp.zeros_like(jax.lax.slice_in_dim(ext, 0, 1, axis=axis))
+        ext = jnp.concatenate([zero, ext, zero, -jnp.flip(ext, axis=axis)], axis=axis)
+    eigen = 0.0
+    for axis in axes:
+        m = ext.shape[axis]
+        lam = 2.0 * jnp.cos(2.0 * jnp.pi * jnp.arange(m) / m) - 2.0
+        eigen = eigen + lam.reshape([m if a == axis else 1 for a in range(ext.ndim)])
+    eigen = jnp.where(eigen == 0.0, 1.0, eigen)  # the mean of an odd signal is 0 anyway
+    psi = jnp.fft.ifftn(jnp.fft.fftn(ext, axes=axes) / eigen, axes=axes).real
+    for axis in axes:  # keep the original grid plus its zero border on each side
+        psi = jax.lax.slice_in_dim(psi, 0, growth.shape[axis] + 2, axis=axis)
+    velocity = []
+    for axis in axes:
+        n = growth.shape[axis]
+        ahead = jax.lax.slice_in_dim(psi, 2, n + 2, axis=axis)
+        behind = jax.lax.slice_in_dim(psi, 0, n, axis=axis)
+        grad = (ahead - behind) / 2.0
+        for other in axes:  # drop the border on the other axes
+            if other != axis:
+                grad = jax.lax.slice_in_dim(grad, 1, growth.shape[other] + 1, axis=other)
+        velocity.append(-grad)
+    return jnp.stack(velocity, axis=-1).astype(jnp.float32)

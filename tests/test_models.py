@@ -112,7 +112,7 @@ def test_coordinate_channels():
         assert kernels.shape[-2] == channels
 
 
-@pytest.mark.parametrize("output", ["gain", "residual", "displacement", "velocity"])
+@pytest.mark.parametrize("output", ["gain", "residual", "displacement", "velocity", "volume"])
 def test_zero_initialised_output_starts_at_the_identity_and_learns(output):
     x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 8, 8, 1)), jnp.float32)
     cfg = SimulatorConfig(features=(2, 4), bottleneck=8, output=output, zero_init_output=True)
@@ -156,6 +156,20 @@ def test_velocity_output_is_integrated():
     np.testing.assert_allclose(
         np.asarray(out.displacement), np.asarray(ji.integrate_velocity(field, steps=4)), atol=1e-5
     )
+
+
+def test_volume_output_is_the_flow_of_the_poisson_velocity():
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    vol = Simulator(_small_3d(output="volume", integration_steps=4))
+    raw = Simulator(_small_3d(output="residual"))  # one output channel too: x + raw map
+    v = vol.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    task = jnp.array([0, 1])
+    growth = (raw.apply(v, x, task).image - x)[..., 0]
+    out = vol.apply(v, x, task)
+    assert out.displacement.shape == (2, 16, 16, 16, 3)
+    want = ji.integrate_velocity(ji.poisson_velocity(growth, ndim=3), steps=4)
+    np.testing.assert_allclose(np.asarray(out.displacement), np.asarray(want), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.image), np.asarray(ji.warp(x, want)), atol=1e-5)
 
 
 def test_task_routes_the_one_network():

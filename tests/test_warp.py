@@ -142,3 +142,64 @@ def test_integrate_velocity_constant_field_is_translation():
 def test_integrate_velocity_zero_steps_is_identity_map():
     v = jnp.asarray(np.random.default_rng(7).normal(size=(5, 5, 2)), jnp.float32)
     np.testing.assert_array_equal(np.asarray(ji.integrate_velocity(v, steps=0)), np.asarray(v))
+
+
+# ---------------------------------------------------------------- poisson_velocity
+
+
+def _dst_poisson_velocity(growth: np.ndarray) -> np.ndarray:
+    """2D reference in NumPy/SciPy: psi by type-I DSTs, v = -central grad psi."""
+    import scipy.fft
+
+    eigen = 0.0
+    for axis, n in enumerate(growth.shape):
+        lam = 2.0 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1)) - 2.0
+        eigen = eigen + lam.reshape([n if a == axis else 1 for a in range(growth.ndim)])
+    psi = np.pad(scipy.fft.idstn(scipy.fft.dstn(growth, type=1) / eigen, type=1), 1)
+    return np.stack(
+        [-np.gradient(psi, axis=a)[(slice(1, -1),) * growth.ndim] for a in range(growth.ndim)],
+        axis=-1,
+    )
+
+
+def test_poisson_velocity_matches_scipy_sine_transform_2d():
+    growth = np.random.default_rng(3).normal(size=(2, 9, 14))
+    got = np.asarray(ji.poisson_velocity(jnp.asarray(growth), ndim=2))
+    assert got.shape == (2, 9, 14, 2)
+    want = np.stack([_dst_poisson_velocity(g) for g in growth])
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+
+
+def test_poisson_velocity_matches_the_cohort_generator_3d():
+    # jaxinterp.synth3d builds its disease fields in NumPy (scipy's type-I DST, mm spacing).
+    from jaxinterp import synth3d
+
+    growth = np.random.default_rng(4).normal(size=(3, 10, 12, 8)).astype(np.float32)
+    want = np.stack([synth3d.poisson_velocity(g, (1.0, 1.0, 1.0)) for g in growth])
+    got = np.asarray(jax.jit(lambda g: ji.poisson_velocity(g, ndim=3))(growth))
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def test_poisson_velocity_is_curl_free_and_changes_volume_where_told():
+    n = 32
+    grid = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), axis=-1)
+    # A smooth ball of growth in the middle, log volume change 0.1 at its centre.
+    growth = 0.1 * np.exp(-((grid - 15.5) ** 2).sum(-1) / (2 * 2.5**2))
+    v = np.asarray(ji.poisson_velocity(jnp.asarray(growth), ndim=3))
+    # Curl-free: central differences commute, so d v_x / dy = d v_y / dx (away from the
+    # border, where np.gradient turns one-sided).
+    d = lambda f, a: np.gradient(f, axis=a)[(slice(1, -1),) * 3]
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        np.testing.assert_allclose(d(v[..., a], b), d(v[..., b], a), atol=1e-4 * np.abs(v).max())
+    # Its flow's log volume change follows the growth map, and is ~0 away from it.
+    lvc = np.asarray(ji.log_volume_change(ji.integrate_velocity(jnp.asarray(v)[None])))[0]
+    inner = (slice(3, -3),) * 3
+    np.testing.assert_allclose(lvc[inner], growth[inner], atol=0.1 * growth.max())
+    assert np.corrcoef(lvc[inner].ravel(), growth[inner].ravel())[0, 1] > 0.95
+    far = ((grid - 15.5) ** 2).sum(-1) > 10**2
+    assert np.abs(lvc[far & (lvc != 0)]).max() < 0.05 * growth.max()
+
+
+def test_poisson_velocity_rejects_too_few_axes():
+    with pytest.raises(ValueError, match="spatial axes"):
+        ji.poisson_velocity(jnp.zeros((4, 4)), ndim=3)

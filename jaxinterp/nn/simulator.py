@@ -10,7 +10,9 @@ depth and to 2D). With encoder widths ``f_0 .. f_{L-1}``:
   ``u_{i-1} = up(act(BN(conv(u_i)))) + d_{i-1}`` where the conv is present only when the
   channel counts differ (the original's ``up1_noconv``); ``up`` is nearest x2;
 * output: ``conv(u_0)`` to ``ndim`` channels (a displacement or velocity field, voxel units,
-  channel ``k`` = axis ``k``) or to the image's channels (the 2D paper's direct output).
+  channel ``k`` = axis ``k``), to one channel (a ``"volume"`` output: the log volume change
+  per voxel, from which the velocity follows) or to the image's channels (the 2D paper's
+  direct output).
 
 Every conv is a ``CondConv`` routed by the task, except in the paper's ablation
 (``separate_networks=True``): two plain-conv U-Nets, one per task.
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.nn.condconv import CondConv
-from jaxinterp.warp import integrate_velocity, warp
+from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
 
 IMAGE_OUTPUTS = ("image", "residual", "gain")  # outputs that are images, not fields
 GAIN_LIMIT = 4.0  # a "gain" output scales a voxel by at most exp(4) = 55 either way
@@ -43,8 +45,10 @@ class SimulatorConfig:
     ndim: int = 3  # spatial dimensions (2 or 3)
     features: tuple[int, ...] = (16, 32, 64, 16, 16)  # encoder widths, one level each
     bottleneck: int = 512  # width of the dense bottleneck
-    output: Literal["displacement", "velocity", "image", "residual", "gain"] = "displacement"
-    integration_steps: int = 7  # scaling-and-squaring steps when output == "velocity"
+    output: Literal["displacement", "velocity", "volume", "image", "residual", "gain"] = (
+        "displacement"
+    )
+    integration_steps: int = 7  # scaling-and-squaring steps for "velocity" and "volume"
     num_experts: int = 3  # CondConv experts K
     routing_dropout: float = 0.1  # CondConv routing dropout (training only)
     condconv_bias: Literal["shared", "mixed"] = "shared"  # original: one bias for all experts
@@ -180,12 +184,16 @@ class Simulator(nn.Module):
     ``task`` is ``(N,)`` (or a scalar) of codes 0 = inject disease, 1 = remove it. For a
     field output the simulated image is ``warp(x, displacement)`` (pull-back, voxel units);
     a ``"velocity"`` output is integrated by scaling and squaring first, so the warp cannot
-    fold. For an ``"image"`` output (the 2D paper) the network's output is the simulated
-    image; a ``"residual"`` output is added to the input (``G(x) = x + net(x)``, so the
-    identity is free and the network only has to make the change); a ``"gain"`` output
-    scales the input voxel by voxel (``G(x) = x * exp(L tanh(net(x) / L))``, ``L =
-    GAIN_LIMIT``: it can strengthen or weaken what is there, not paint on an empty
-    background). ``displacement`` is None for these three.
+    fold. A ``"volume"`` output is one channel, the rate of log volume change per voxel
+    (positive = growth); the velocity is the curl-free field with that divergence
+    (`jaxinterp.warp.poisson_velocity`: the volume changes where the network says and
+    nowhere else, the tissue around moves without changing volume), then integrated like
+    a ``"velocity"`` output. For an ``"image"`` output (the 2D paper) the network's output
+    is the simulated image; a ``"residual"`` output is added to the input (``G(x) = x +
+    net(x)``, so the identity is free and the network only has to make the change); a
+    ``"gain"`` output scales the input voxel by voxel (``G(x) = x * exp(L tanh(net(x) /
+    L))``, ``L = GAIN_LIMIT``: it can strengthen or weaken what is there, not paint on an
+    empty background). ``displacement`` is None for these three.
     """
 
     config: SimulatorConfig
@@ -196,7 +204,9 @@ class Simulator(nn.Module):
         cfg = self.config
         task = jnp.broadcast_to(jnp.asarray(task), (x.shape[0],))
         code = jnp.where(task == 0, cfg.task_codes[0], cfg.task_codes[1]).astype(jnp.float32)
-        out_channels = x.shape[-1] if cfg.output in IMAGE_OUTPUTS else cfg.ndim
+        out_channels = {"volume": 1}.get(cfg.output, cfg.ndim)  # a field's components
+        if cfg.output in IMAGE_OUTPUTS:
+            out_channels = x.shape[-1]
         make = functools.partial(UNet, cfg, out_channels, dtype=self.dtype)
         inputs = _with_coordinates(x) if cfg.coordinates else x
         if cfg.separate_networks:
@@ -215,6 +225,8 @@ class Simulator(nn.Module):
             log_gain = GAIN_LIMIT * jnp.tanh(out / GAIN_LIMIT)  # |log gain| < GAIN_LIMIT
             return SimulatorOutput((x * jnp.exp(log_gain)).astype(x.dtype), None, log_gain)
         field = out
-        if cfg.output == "velocity":
+        if cfg.output == "volume":
+            field = poisson_velocity(out[..., 0], ndim=cfg.ndim)
+        if cfg.output in ("velocity", "volume"):
             field = integrate_velocity(field, steps=cfg.integration_steps)
         return SimulatorOutput(warp(x, field, mode=cfg.warp_mode), field)
