@@ -1,7 +1,7 @@
 """Does the classifier need a volume simulator's spread? Its growth maps cut down to a region.
 
     python benchmarks/growth_spread3d.py --config brain3d_32 --workdir runs/b32_volume \
-        --set "simulator.output='volume'" --table runs/cohort32_s1/cohort.csv --n 24
+        --table runs/cohort32_s1/cohort.csv --n 24
 
 For a simulator with ``output='volume'`` (it draws the log volume change per voxel, the
 warp follows by `jaxinterp.poisson_velocity`), take its growth maps for the first ``n``

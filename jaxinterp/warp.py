@@ -117,9 +117,10 @@ def poisson_velocity(growth: jax.Array, *, ndim: int) -> jax.Array:
     extension of ``growth`` along each axis (a type-I discrete sine transform); the gradient
     is the central difference with the same zero border. Of all fields with this divergence
     it is the one of least squared norm, so the volume changes only where ``growth`` is
-    non-zero and the tissue elsewhere moves without changing volume. Since ``log det(I +
-    du/dx) ~ -div u`` for a small pull-back field, the flow of ``v`` has
-    ``log_volume_change`` close to ``growth`` (positive = growth, e.g. enlarged ventricles).
+    non-zero and the tissue elsewhere moves without changing volume. Since
+    ``log_volume_change(u) = -log det(I + du/dx) ~ -div u`` for a small pull-back field, the
+    flow of ``v`` has a log volume change close to ``growth`` (positive = growth, e.g.
+    enlarged ventricles).
 
     Args:
       growth: ``(*batch, *spatial)`` log-volume-change rate per voxel.
