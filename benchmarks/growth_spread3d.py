@@ -18,7 +18,6 @@ broader than its objective asks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from jaxinterp import synth3d
 from jaxinterp.data import load_volume, read_table
 from jaxinterp.jacobian import log_volume_change
 from jaxinterp.losses import INJECT, REMOVE
-from jaxinterp.nn import Simulator
 from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
 
 
@@ -76,12 +74,6 @@ def spread_rows(
     return rows
 
 
-def _growth_fn(config, variables):
-    """The network's raw one-channel map: the same network read as a 'residual' output."""
-    raw = Simulator(dataclasses.replace(config.simulator, output="residual"))
-    return jax.jit(lambda x, task: (raw.apply(variables, x, task).image - x)[..., 0])
-
-
 def main(argv: list[str] | None = None) -> None:
     from train.classifier import load_classifier
     from train.config import load_config
@@ -101,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     shape = tuple(config.data.shape)
     sample = np.zeros((2, *shape, 1), np.float32)
     classifier, clf_variables = load_classifier(config, args.workdir, sample)
-    _, sim_variables = load_simulator(config, args.workdir, sample)
-    growth_of = _growth_fn(config, sim_variables)
+    simulator, sim_variables = load_simulator(config, args.workdir, sample)
+    growth_of = jax.jit(lambda x, task: simulator.apply(sim_variables, x, task).growth)
     logit = jax.jit(lambda x: classifier.apply(clf_variables, x, train=False))
     regions = {r.name: r for r in synth3d.load_regions(Path(args.table).parent / "regions.json")}
     if args.region not in regions:

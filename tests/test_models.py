@@ -166,6 +166,7 @@ def test_volume_output_is_the_flow_of_the_poisson_velocity():
     task = jnp.array([0, 1])
     growth = (raw.apply(v, x, task).image - x)[..., 0]
     out = vol.apply(v, x, task)
+    np.testing.assert_allclose(np.asarray(out.growth), np.asarray(growth), atol=1e-6)
     assert out.displacement.shape == (2, 16, 16, 16, 3)
     want = ji.integrate_velocity(ji.poisson_velocity(growth, ndim=3), steps=4)
     np.testing.assert_allclose(np.asarray(out.displacement), np.asarray(want), atol=1e-5)

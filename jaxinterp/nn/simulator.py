@@ -81,6 +81,7 @@ class SimulatorOutput(NamedTuple):
     image: jax.Array  # the simulated image, (N, *spatial, C)
     displacement: jax.Array | None  # the pull-back field (N, *spatial, ndim); None for images
     log_gain: jax.Array | None = None  # a "gain" output's log scale per voxel (N, *spatial, C)
+    growth: jax.Array | None = None  # a "volume" output's log volume change rate (N, *spatial)
 
 
 def _upsample(x: jax.Array) -> jax.Array:
@@ -225,8 +226,9 @@ class Simulator(nn.Module):
             log_gain = GAIN_LIMIT * jnp.tanh(out / GAIN_LIMIT)  # |log gain| < GAIN_LIMIT
             return SimulatorOutput((x * jnp.exp(log_gain)).astype(x.dtype), None, log_gain)
         field = out
-        if cfg.output == "volume":
-            field = poisson_velocity(out[..., 0], ndim=cfg.ndim)
+        growth = out[..., 0] if cfg.output == "volume" else None
+        if growth is not None:
+            field = poisson_velocity(growth, ndim=cfg.ndim)
         if cfg.output in ("velocity", "volume"):
             field = integrate_velocity(field, steps=cfg.integration_steps)
-        return SimulatorOutput(warp(x, field, mode=cfg.warp_mode), field)
+        return SimulatorOutput(warp(x, field, mode=cfg.warp_mode), field, growth=growth)
