@@ -233,3 +233,27 @@ def test_clear_shape_errors():
         )
     with pytest.raises(ValueError, match="3 spatial axes"):
         Classifier(ClassifierConfig()).init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+
+
+def test_head_layers_are_residual_full_resolution_convs():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    task = jnp.array([0, 1])
+    plain = Simulator(_small_3d(output="volume"))
+    headed = Simulator(_small_3d(output="volume", head_layers=2))
+    v = headed.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    net = v["params"]["net"]
+    for j in range(2):  # width f_0 at full resolution, with its own BatchNorm
+        assert net[f"head{j}"]["kernel"].shape[-2:] == (4, 4)
+        assert f"head{j}_bn" in v["batch_stats"]["net"]
+    # With the head's convolutions at zero the network is the one without a head ...
+    zeroed = {
+        k: jax.tree.map(jnp.zeros_like, w) if k.startswith("head") else w for k, w in net.items()
+    }
+    without = {k: w for k, w in net.items() if not k.startswith("head")}
+    stats = {k: w for k, w in v["batch_stats"]["net"].items() if not k.startswith("head")}
+    want = plain.apply({"params": {"net": without}, "batch_stats": {"net": stats}}, x, task)
+    got = headed.apply({**v, "params": {"net": zeroed}}, x, task)
+    np.testing.assert_allclose(np.asarray(got.growth), np.asarray(want.growth), atol=1e-6)
+    # ... and with them as initialised the map changes.
+    moved = headed.apply(v, x, task).growth
+    assert float(jnp.abs(moved - want.growth).max()) > 1e-3

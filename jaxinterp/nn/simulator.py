@@ -9,6 +9,11 @@ depth and to 2D). With encoder widths ``f_0 .. f_{L-1}``:
 * decoder, skips ADDED: ``u_{L-1} = conv(z) + d_{L-1}``; going up one level,
   ``u_{i-1} = up(act(BN(conv(u_i)))) + d_{i-1}`` where the conv is present only when the
   channel counts differ (the original's ``up1_noconv``); ``up`` is nearest x2;
+* head (``head_layers`` > 0, none in the paper): ``u_0 <- u_0 + conv(act(BN(u_0)))`` at
+  full resolution, each a residual pre-activation layer of width ``f_0``. Without it the
+  output is linear in ``u_0``: a sum of nearest-upsampled (blocky) decoder features and
+  one convolution of the input, so nothing at full resolution can gate a map by what the
+  image shows there (draw growth inside a dark ventricle and not beside it);
 * output: ``conv(u_0)`` to ``ndim`` channels (a displacement or velocity field, voxel units,
   channel ``k`` = axis ``k``), to one channel (a ``"volume"`` output: the log volume change
   per voxel, from which the velocity follows) or to the image's channels (the 2D paper's
@@ -60,6 +65,7 @@ class SimulatorConfig:
     warp_mode: Literal["zeros", "edge"] = "zeros"  # what the warp reads outside the volume
     coordinates: bool = False  # feed each voxel's position (in [-1, 1] per axis) as channels
     zero_init_output: bool = False  # output layer starts at 0: G starts as the identity
+    head_layers: int = 0  # residual conv layers at full resolution before the output layer
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
@@ -163,6 +169,8 @@ class UNet(nn.Module):
             if h.shape[-1] != widths[i - 1]:
                 h = conv(widths[i - 1], f"dec{i - 1}", h)
             u = _upsample(norm_act(f"dec{i - 1}_bn", h)) + skips[i - 1]
+        for j in range(cfg.head_layers):
+            u = u + conv(widths[0], f"head{j}", norm_act(f"head{j}_bn", u))
         out = conv(self.out_channels, "output", u, zero=cfg.zero_init_output)
         return out.astype(jnp.float32)
 
