@@ -13,12 +13,12 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
   (`jaxinterp.poisson_velocity`), integrated by scaling and squaring (no folding). Group
   NCC 0.63 / 0.75 (inject / remove), per-subject medians 0.63 / 0.75, on an unseen cohort
   too; with a free velocity field (``output='velocity'``, the default until this round)
-  0.61 / 0.68 and 0.60 / 0.68. Its maps are broader than the truth's, and
-  after 900 steps broader than its objective asks (`benchmarks/growth_spread3d.py`);
-  one full-resolution layer before the output (``--set simulator.head_layers=1``) takes
-  less of it into the frontal regions: at 400 steps group NCC 0.59 / 0.71 against 0.46 /
-  0.69 without (another machine's
-  classifier; 30% more time per step; not yet compared at 900 steps, so not the default);
+  0.61 / 0.68 and 0.60 / 0.68. Its maps are broader than the truth's, and after 900
+  steps broader than its objective asks (`benchmarks/growth_spread3d.py`); one
+  full-resolution layer before the output (``--set simulator.head_layers=1``) takes less
+  of it into the frontal regions: at 400 steps group NCC 0.59 / 0.71 against 0.46 / 0.69
+  without (another machine's classifier; 30% more time per step; not yet compared at 900
+  steps, so not the default);
 * coordinate channels and the output layer starting at 0 (the identity warp), running
   BatchNorm statistics for the cycle pass, an L1 change term (weight 1): with the velocity
   field they raised the group NCC from 0.06 to 0.53 after 300 steps, 0.60 / 0.57 after 900;
