@@ -153,6 +153,9 @@ def test_outputs_on_the_model_grid(run):
         assert "voxels" in descrip and "pull-back" in descrip
     assert {r["task"] for r in rows if r["label"] == "0"} == {"inject"}
     assert {r["task"] for r in rows if r["label"] == "1"} == {"remove"}
+    # the checkpoints explained: the last step of each training (TINY: 4 and 2)
+    manifest = json.loads((out / "explain.json").read_text())
+    assert manifest["checkpoint_steps"] == {"classifier": 4, "simulator": 2}
 
 
 def test_log_volume_change_is_that_of_the_saved_field(run):

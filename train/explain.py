@@ -56,7 +56,7 @@ patients that carry it; a region the classifier ignores is no fair target for a 
 Output layout (``out_dir``; written into a temporary folder beside it and renamed, so
 ``out_dir`` is complete or absent; ``COMPLETE`` is its last file)::
 
-    explain.json                 settings, summary, conventions
+    explain.json                 settings, summary, conventions, the checkpoint steps used
     scans.csv                    one row per scan: ids, logits, folding, covariates
     scans/<id>/simulated.nii.gz, displacement.nii.gz, log_volume_change.nii.gz,
               saliency_<method>.nii.gz, native/...   (native=True),
@@ -107,6 +107,7 @@ from jaxinterp.nn.simulator import IMAGE_OUTPUTS
 from jaxinterp.register import RegistrationConfig, register, to_template
 from jaxinterp.stats import benjamini_hochberg, ols_group_test, one_sample_t
 from jaxinterp.synth3d import template_paths
+from train import loop
 from train.classifier import load_classifier
 from train.config import TrainConfig, add_config_arguments, to_dict
 from train.evaluate import evaluate_maps, region_use, score_map, spearman
@@ -681,6 +682,10 @@ def explain(
             out_dir=str(out_dir),
             model_workdir=str(model_workdir.resolve()),
             simulator_name=simulator_name,
+            checkpoint_steps={
+                "classifier": loop.final_step(model_workdir / "classifier"),
+                "simulator": loop.final_step(model_workdir / simulator_name),
+            },
             table=str(table_path.resolve()),
             grids_differ=bool(grids_differ),
             space="MNI152" if cohort is not None else "unknown",

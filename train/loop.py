@@ -97,3 +97,14 @@ def restore_final(workdir: Path, template: dict, meta: dict, *, command: str) ->
         return checkpoints.restore(template, expected_meta=meta)
     finally:
         checkpoints.close()
+
+
+def final_step(workdir: Path) -> int | None:
+    """The step of the state `restore_final` restores from ``workdir`` (None if none)."""
+    if not (workdir / "checkpoints").is_dir():
+        return None
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    try:
+        return checkpoints.latest_step()
+    finally:
+        checkpoints.close()
