@@ -14,7 +14,7 @@ objective.change_weight=0.0 --set objective.simulated_batch_norm='batch'`. `brai
 has since added a volume term with a weaker smoothness term and a simulator that draws the
 log volume change (RESULTS.md section 3); not yet tried at 64^3: `--set
 objective.volume_weight=5.0 --set objective.lambda_phi=0.1 --set simulator.output='volume'`
-(and with it a full-resolution head, `--set simulator.head_layers=1`).
+(and with it the full-resolution head of `brain3d_32`, `--set simulator.head_layers=1`).
 
 Expected run time on one H100 (measured: `python benchmarks/train_step.py --config
 brain3d_64 --repeats 20`, benchmarks/RESULTS.md section 2): 6000 simulator steps of
