@@ -18,8 +18,11 @@
 # explanation. OUTDIR receives results.tar.gz (each variant's evaluation.json, scans.csv,
 # explain.json, group maps, metrics and logs) and ckpt_NAME.tar (each variant's latest
 # simulator checkpoint); OUTDIR/runs keeps everything.
-# CONFIG (default brain3d_32) and PYTHON (default python3) can be set. A CPU smoke test:
-#   EXPLAIN_RESERVE=400 benchmarks/study3d.sh runs/b32 runs/cohort_small /tmp/s 900 a:2 b:2:simulator.head_layers=1
+# CONFIG (default brain3d_32) and PYTHON (default python3) can be set. A CPU smoke test,
+# with a copy of the cohort whose cohort.csv keeps a few rows of each group (about 20
+# minutes on 2 cores, most of it the explanations):
+#   EXPLAIN_RESERVE=600 benchmarks/study3d.sh runs/b32 runs/cohort_small /tmp/s 1400 \
+#       a:2 b:2:simulator.head_layers=1
 set -u
 src=${1:?usage: benchmarks/study3d.sh CLASSIFIER_WORKDIR COHORT OUTDIR BUDGET_SECONDS VARIANT...}
 cohort=${2:?cohort folder}
