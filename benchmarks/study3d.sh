@@ -59,7 +59,6 @@ variant() { # variant NAME STEPS SETS EXPLAIN_OPTIONS CLASSIFIER_WORKDIR
     # finished checkpoints only: orbax writes STEP.orbax-checkpoint-tmp, then renames it
     last=$(ls "$workdir/simulator/checkpoints" 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1)
     echo "## $name: training exit $code after $((SECONDS - start)) s, latest checkpoint ${last:-none}"
-    echo "$last" >"$workdir/steps_reached"
     [ -z "$last" ] && return
     timeout -k 10 $((budget - 25 - SECONDS)) "$py" -m train.cli explain "${args[@]}" \
         --table "$cohort/cohort.csv" --out "$workdir/explain" $options >"$workdir/explain.log" 2>&1
@@ -80,7 +79,6 @@ wait
 for spec in "$@"; do
     name=${spec%%:*}
     grep -E '"step"' "$out/runs/$name/simulator/metrics.jsonl" 2>/dev/null | tail -1 | cut -c1-300
-    tail -3 "$out/runs/$name/explain.log" 2>/dev/null
 done
 ls -la "$out"
 echo "## done at ${SECONDS}s"
