@@ -61,7 +61,8 @@ def init_state(
     config: TrainConfig, sample: np.ndarray
 ) -> tuple[Classifier, dict, optax.GradientTransformation]:
     model = Classifier(config.classifier)
-    variables = model.init(jax.random.key(config.seed), jnp.asarray(sample[:1]))
+    # jitted: one compilation, not one per parameter's initializer (seconds each on a CPU)
+    variables = jax.jit(model.init)(jax.random.key(config.seed), jnp.asarray(sample[:1]))
     optimizer = make_optimizer(config.classifier_optim)
     return model, loop.new_state(variables, optimizer), optimizer
 
@@ -184,7 +185,8 @@ def load_classifier(
     config: TrainConfig, workdir: str | Path, sample: np.ndarray
 ) -> tuple[Classifier, dict]:
     """The trained classifier of ``workdir/classifier`` (clear error if absent or mismatched)."""
-    model, template, _ = init_state(config, sample)
+    model = Classifier(config.classifier)
+    template = loop.state_shapes(lambda: init_state(config, sample)[1])
     directory = Path(workdir) / "classifier"
     state = loop.restore_final(
         directory, template, classifier_meta(config), command="train-classifier"

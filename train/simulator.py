@@ -46,7 +46,7 @@ def simulator_meta(config: TrainConfig) -> dict:
 def init_state(config: TrainConfig, sample: np.ndarray):
     model = Simulator(config.simulator, dtype=DTYPES[config.dtype])
     x = jnp.asarray(sample[:2])
-    variables = model.init(
+    variables = jax.jit(model.init)(  # one compilation, not one per parameter's initializer
         {"params": jax.random.key(config.seed + 2), "dropout": jax.random.key(0)},
         x,
         jnp.array([INJECT, REMOVE]),
@@ -204,7 +204,8 @@ def load_simulator(
     config: TrainConfig, workdir: str | Path, sample: np.ndarray, *, name: str = "simulator"
 ):
     """The trained simulator of ``workdir/NAME`` as ``(module, variables)``."""
-    model, template, _ = init_state(config, sample)
+    model = Simulator(config.simulator, dtype=DTYPES[config.dtype])
+    template = loop.state_shapes(lambda: init_state(config, sample)[1])
     directory = Path(workdir) / name
     state = loop.restore_final(
         directory, template, simulator_meta(config), command="train-simulator"
