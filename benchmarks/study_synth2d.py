@@ -192,6 +192,11 @@ VARIANTS = {
         "simulator_optim.steps=8000",
         "simulator_optim.schedule='cosine'",
     ),
+    # the "CondConv vs separate networks" on today's settings (section 1 compared
+    # them on the paper's): two plain-conv U-Nets, one per task, each twice the work
+    "jaxinterp_separate": (*synth2d_config.SETTINGS, "simulator.separate_networks=True"),
+    # a stronger "change as little as possible" term (0.5 was worse on seed 2)
+    "jaxinterp_change_2": (*synth2d_config.SETTINGS, "objective.change_weight=2.0"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
