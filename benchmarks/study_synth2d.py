@@ -6,7 +6,8 @@
 
 Each variant is the synth2d_paper config with a few overrides ("jaxinterp" = the synth2d
 config); its simulator is trained against the classifier that `reproduce` trained for the
-seed (in `RUN/seed{S}/study_{variant}`) and scored exactly as `reproduce` scores (signed
+seed (trained here, with the same settings, where RUN has none; the simulator goes to
+`RUN/seed{S}/study_{variant}`) and scored exactly as `reproduce` scores (signed
 NCC per direction, absolute NCC), next to the image-as-map reference. Prints a Markdown
 table; JSON lines go to --out.
 """
@@ -225,6 +226,9 @@ def seed_data(seed: int, variant: str):
 def run_variant(run: Path, seed: int, name: str) -> dict:
     config, dataset, images, labels, truth = seed_data(seed, name)
     workdir = run / f"seed{seed}"
+    # Without a reproduce run, the seed's classifier is trained here as reproduce trains it.
+    if not (workdir / "classifier" / "checkpoints").is_dir():
+        train_classifier(seed_config(seed, quick=False), workdir, dataset=dataset)
     summary = train_simulator(config, workdir, dataset=dataset, name=f"study_{name}")
     model, variables = load_simulator(config, workdir, dataset.images, name=f"study_{name}")
     pattern, _, _ = simulator_patterns(model, variables, images, labels)
