@@ -226,8 +226,9 @@ def seed_data(seed: int, variant: str):
 def run_variant(run: Path, seed: int, name: str) -> dict:
     config, dataset, images, labels, truth = seed_data(seed, name)
     workdir = run / f"seed{seed}"
-    # Without a reproduce run, the seed's classifier is trained here as reproduce trains it.
-    if not (workdir / "classifier" / "checkpoints").is_dir():
+    # Without a reproduce run, the seed's classifier is trained here as reproduce trains it
+    # (resumed, if an earlier study was stopped before it finished and wrote its summary).
+    if not (workdir / "classifier" / "summary.json").exists():
         train_classifier(seed_config(seed, quick=False), workdir, dataset=dataset)
     summary = train_simulator(config, workdir, dataset=dataset, name=f"study_{name}")
     model, variables = load_simulator(config, workdir, dataset.images, name=f"study_{name}")
