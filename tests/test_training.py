@@ -165,6 +165,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(trained_classifier, tmp_
     b = load_simulator(config, reference, sample)[1]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    # an earlier kept checkpoint, asked for by its step: the same in both runs, not the last
+    a14 = load_simulator(config, interrupted, sample, step=14)[1]
+    b14 = load_simulator(config, reference, sample, step=14)[1]
+    for x, y in zip(jax.tree.leaves(a14), jax.tree.leaves(b14)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(a14)))
     steps = [line["step"] for line in load_metrics(interrupted / "simulator" / "metrics.jsonl")]
     assert steps == list(range(2, 17, 2))  # no duplicated lines from the killed run
 

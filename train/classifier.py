@@ -182,13 +182,14 @@ def train_classifier(
 
 
 def load_classifier(
-    config: TrainConfig, workdir: str | Path, sample: np.ndarray
+    config: TrainConfig, workdir: str | Path, sample: np.ndarray, *, step: int | None = None
 ) -> tuple[Classifier, dict]:
-    """The trained classifier of ``workdir/classifier`` (clear error if absent or mismatched)."""
+    """The trained classifier of ``workdir/classifier``, its latest checkpoint or the one at
+    ``step`` (clear error if absent or mismatched)."""
     model = Classifier(config.classifier)
     template = loop.state_shapes(lambda: init_state(config, sample)[1])
     directory = Path(workdir) / "classifier"
     state = loop.restore_final(
-        directory, template, classifier_meta(config), command="train-classifier"
+        directory, template, classifier_meta(config), command="train-classifier", step=step
     )
     return model, variables_of(state)

@@ -605,8 +605,18 @@ def explain(
             f"`jaxinterp train --config ... --workdir {model_workdir}`"
         )
     sample = np.zeros((2, *shape, 1), np.float32)
-    classifier, clf_variables = load_classifier(config, model_workdir, sample)
-    simulator, sim_variables = load_simulator(config, model_workdir, sample, name=simulator_name)
+    # The latest checkpoints, read once: the steps explain.json records are the ones loaded
+    # even while a training still writes to the workdir.
+    steps = {
+        "classifier": loop.final_step(model_workdir / "classifier"),
+        "simulator": loop.final_step(model_workdir / simulator_name),
+    }
+    classifier, clf_variables = load_classifier(
+        config, model_workdir, sample, step=steps["classifier"]
+    )
+    simulator, sim_variables = load_simulator(
+        config, model_workdir, sample, name=simulator_name, step=steps["simulator"]
+    )
 
     scans = read_table(table_path, labels=labels)
     cohort = _find_truth(table_path, scans)  # a synthetic cohort, in MNI space
@@ -682,10 +692,7 @@ def explain(
             out_dir=str(out_dir),
             model_workdir=str(model_workdir.resolve()),
             simulator_name=simulator_name,
-            checkpoint_steps={
-                "classifier": loop.final_step(model_workdir / "classifier"),
-                "simulator": loop.final_step(model_workdir / simulator_name),
-            },
+            checkpoint_steps=steps,
             table=str(table_path.resolve()),
             grids_differ=bool(grids_differ),
             space="MNI152" if cohort is not None else "unknown",

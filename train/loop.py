@@ -102,15 +102,18 @@ def state_shapes(make_state: Callable[[], dict]) -> dict:
     )
 
 
-def restore_final(workdir: Path, template: dict, meta: dict, *, command: str) -> dict:
-    """The latest checkpointed state of a finished (or interrupted) run in ``workdir``;
-    a clear error naming ``command`` (what trains it) when there is none."""
+def restore_final(
+    workdir: Path, template: dict, meta: dict, *, command: str, step: int | None = None
+) -> dict:
+    """The latest checkpointed state of a finished (or interrupted) run in ``workdir`` (or
+    the one at ``step``); a clear error naming ``command`` (what trains it) when there is
+    none."""
     if not (workdir / "checkpoints").is_dir():
         what = command.removeprefix("train-")
         raise FileNotFoundError(f"no trained {what} in {workdir}; run `jaxinterp {command}` first")
     checkpoints = Checkpoints(workdir / "checkpoints")
     try:
-        return checkpoints.restore(template, expected_meta=meta)
+        return checkpoints.restore(template, expected_meta=meta, step=step)
     finally:
         checkpoints.close()
 

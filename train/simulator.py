@@ -201,14 +201,20 @@ def train_simulator(
 
 
 def load_simulator(
-    config: TrainConfig, workdir: str | Path, sample: np.ndarray, *, name: str = "simulator"
+    config: TrainConfig,
+    workdir: str | Path,
+    sample: np.ndarray,
+    *,
+    name: str = "simulator",
+    step: int | None = None,
 ):
-    """The trained simulator of ``workdir/NAME`` as ``(module, variables)``."""
+    """The trained simulator of ``workdir/NAME`` as ``(module, variables)``: its latest
+    checkpoint, or the one at ``step``."""
     model = Simulator(config.simulator, dtype=DTYPES[config.dtype])
     template = loop.state_shapes(lambda: init_state(config, sample)[1])
     directory = Path(workdir) / name
     state = loop.restore_final(
-        directory, template, simulator_meta(config), command="train-simulator"
+        directory, template, simulator_meta(config), command="train-simulator", step=step
     )
     return model, variables_of(state)
 
