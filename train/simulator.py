@@ -43,8 +43,13 @@ def simulator_meta(config: TrainConfig) -> dict:
     return {"config": config_dict}
 
 
+def simulator_module(config: TrainConfig) -> Simulator:
+    """The simulator network of ``config``, in its compute dtype."""
+    return Simulator(config.simulator, dtype=DTYPES[config.dtype])
+
+
 def init_state(config: TrainConfig, sample: np.ndarray):
-    model = Simulator(config.simulator, dtype=DTYPES[config.dtype])
+    model = simulator_module(config)
     x = jnp.asarray(sample[:2])
     variables = jax.jit(model.init)(  # one compilation, not one per parameter's initializer
         {"params": jax.random.key(config.seed + 2), "dropout": jax.random.key(0)},
@@ -210,7 +215,7 @@ def load_simulator(
 ):
     """The trained simulator of ``workdir/NAME`` as ``(module, variables)``: its latest
     checkpoint, or the one at ``step``."""
-    model = Simulator(config.simulator, dtype=DTYPES[config.dtype])
+    model = simulator_module(config)
     template = loop.state_shapes(lambda: init_state(config, sample)[1])
     directory = Path(workdir) / name
     state = loop.restore_final(
