@@ -46,8 +46,8 @@ QUICK = (
     "data.n_per_group=64",
     "classifier_optim.steps=300",
     "classifier_optim.batch_size=32",
-    "simulator_optim.steps=150",
-    "simulator_optim.batch_size=16",
+    "simulator_optim.steps=100",
+    "simulator_optim.batch_size=8",
     "simulator_optim.log_every=50",
 )
 
