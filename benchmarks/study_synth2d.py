@@ -198,6 +198,9 @@ VARIANTS = {
     "jaxinterp_separate": (*synth2d_config.SETTINGS, "simulator.separate_networks=True"),
     # a stronger "change as little as possible" term (0.5 was worse on seed 2)
     "jaxinterp_change_2": (*synth2d_config.SETTINGS, "objective.change_weight=2.0"),
+    # an L1 term on the log gain itself: the diffusion term is blind to a constant gain
+    "jaxinterp_gain_1": (*synth2d_config.SETTINGS, "objective.gain_weight=1.0"),
+    "jaxinterp_gain_3": (*synth2d_config.SETTINGS, "objective.gain_weight=3.0"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",

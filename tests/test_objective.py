@@ -188,3 +188,19 @@ def test_gain_output_can_smooth_its_log_gain():
     np.testing.assert_allclose(float(m["smooth"]), want, rtol=1e-3)
     on_change = float(run(ji.ObjectiveConfig(lambda_phi=0.7))[1][0]["smooth"])
     assert abs(on_change - float(m["smooth"])) > 0.1 * on_change
+
+
+def test_gain_weight_is_mean_absolute_log_gain_of_the_first_pass():
+    """gain_weight: mean |log(G(x) / x)| over the first pass's voxels, per direction, added
+    to the loss; an output without a gain refuses it."""
+    m, images, first, _, run = _image_case("gain", ji.ObjectiveConfig(gain_weight=1.5))
+    want = 1.5 * _halves(np.abs(np.log(first.astype(np.float64) / images)).mean(axis=(1, 2, 3)))
+    assert want > 0
+    np.testing.assert_allclose(float(m["gain"]), want, rtol=1e-3)
+    without = run(ji.ObjectiveConfig())
+    assert float(without[1][0]["gain"]) == 0.0
+    loss = float(run(ji.ObjectiveConfig(gain_weight=1.5))[0])
+    np.testing.assert_allclose(loss - float(without[0]), want, rtol=1e-3)
+    *_, residual = _image_case("residual", ji.ObjectiveConfig())
+    with pytest.raises(ValueError, match="gain_weight.*no gain output"):
+        residual(ji.ObjectiveConfig(gain_weight=1.0))
