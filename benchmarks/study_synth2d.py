@@ -201,6 +201,11 @@ VARIANTS = {
     # an L1 term on the log gain itself: the diffusion term is blind to a constant gain
     "jaxinterp_gain_1": (*synth2d_config.SETTINGS, "objective.gain_weight=1.0"),
     "jaxinterp_gain_3": (*synth2d_config.SETTINGS, "objective.gain_weight=3.0"),
+    # the diffusion term on the log gain only where the image has something to scale
+    "jaxinterp_smooth_on_image": (
+        *synth2d_config.SETTINGS,
+        "objective.image_smoothness='log_gain_on_image'",
+    ),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
@@ -347,6 +352,76 @@ def diagnose(run: Path, seed: int, variant: str) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 
+def blob_scaling_cost(logits, x, off, diag, target, sign, ratio, *, iterations=30):
+    """Per image, the smallest ``a`` in [0, 1] with which ``x + sign a (off + ratio diag)``
+    moves ``logits`` by ``target`` in the direction ``sign`` (bisection; the logit is taken
+    to move monotonically with ``a``), and that change's L1 cost ``mean |a (off + ratio
+    diag)|``. Returns ``(a, cost, reached)``; where ``a = 1`` does not reach the target,
+    ``reached`` is False and ``a`` is 1."""
+    p = off + ratio * diag
+    raw = logits(x)
+    shift = lambda a: sign * (logits(x + sign * a[:, None, None, None] * p) - raw)
+    lo, hi = np.zeros(len(x)), np.ones(len(x))  # at most double / remove the blobs
+    reached = shift(hi) >= target
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        ok = shift(mid) >= target
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    return hi, hi * np.abs(p).mean(axis=(1, 2, 3)), reached
+
+
+def cheapest_blob_change(run: Path, seed: int, variant: str, ratios=None) -> dict:
+    """What the objective asks for, among changes that scale blobs. For each held-out image,
+    the simulator of VARIANT moves the logit by some shift s at an L1 change c (mean
+    |G(x) - x|, the change term). For each ratio r, `blob_scaling_cost` finds the cheapest
+    ``x + a (off + r diag)`` (inject, controls) or ``x - a (off + r diag)`` (remove,
+    patients) that moves the logit by s too. If the cheapest r is near 0, a simulator that
+    also scales the diagonal blobs pays more than it must; if it is near the simulator's own
+    share, the classifier itself asks for it. Returns per direction and r: the median of
+    cost / c over the images that reach s, the fraction that do, and the NCC of ``off + r
+    diag`` with the truth; and the simulator's median c, median s and its share (diagonal /
+    off-diagonal regression coefficient)."""
+    ratios = np.round(np.linspace(0.0, 1.0, 11), 2) if ratios is None else np.asarray(ratios)
+    config, dataset, images, labels, truth = seed_data(seed, variant)
+    off = truth[..., None]
+    diag = images - off
+    _, clf_vars = load_classifier(config, run / f"seed{seed}", dataset.images)
+    logits = lambda x: np.asarray(predict_logits(Classifier(config.classifier), clf_vars, x))
+    model, variables = load_simulator(
+        config, run / f"seed{seed}", dataset.images, name=simulator_name(variant)
+    )
+    pattern, simulated, _ = simulator_patterns(model, variables, images, labels)
+    out = {}
+    for label, sign, direction in ((0, 1.0, "inject"), (1, -1.0, "remove")):
+        pick = labels == label
+        x, o, d = images[pick], off[pick], diag[pick]
+        target = sign * (logits(simulated[pick]) - logits(x))
+        change = np.abs(simulated[pick] - x).mean(axis=(1, 2, 3))
+        rows = []
+        for r in ratios:
+            _, cost, reached = blob_scaling_cost(logits, x, o, d, target, sign, r)
+            reached &= target > 0
+            p = o + r * d
+            scores = [ncc(jnp.asarray(q[..., 0]), jnp.asarray(t)) for q, t in zip(p, truth[pick])]
+            rows.append({"ratio": float(r), "reached": float(reached.mean()),
+                         "median_cost_over_simulator": float(np.median(cost[reached] /
+                                                                       change[reached]))
+                         if reached.any() else None,
+                         "ncc": float(np.mean(scores))})  # fmt: skip
+        coefs = [
+            np.linalg.lstsq(np.stack([oo.ravel(), dd.ravel()], axis=1), q.ravel(), rcond=None)[0]
+            for q, oo, dd in zip(pattern[pick], o, d)
+        ]
+        c = np.median(coefs, axis=0)
+        out[direction] = {
+            "by_ratio": rows,
+            "simulator_median_change": float(np.median(change)),
+            "simulator_median_shift": float(np.median(target)),
+            "simulator_share": float(c[1] / c[0]),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="output folder of `jaxinterp reproduce`")
@@ -368,7 +443,21 @@ def main() -> None:
         "--average", action="store_true",
         help="score the mean of the --variants' maps (an ensemble), instead of each",
     )  # fmt: skip
+    parser.add_argument(
+        "--cheapest", choices=list(VARIANTS), metavar="VARIANT",
+        help="the cheapest blob scaling that moves the classifier by delta, against "
+        "VARIANT's simulator, instead",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.cheapest:
+        for seed in args.seeds:
+            result = {"seed": seed, "variant": args.cheapest,
+                      **cheapest_blob_change(Path(args.run), seed, args.cheapest)}  # fmt: skip
+            print(json.dumps(result), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(result) + "\n")
+        return
     if args.average:
         print("| seed | mean of | signed | absolute | inject (controls) | remove (patients) |")
         print("|---|---|---|---|---|---|")

@@ -101,6 +101,7 @@ def smoothness_loss(
     *,
     norm: Literal["l1", "l2"] = "l2",
     reduction: Literal["mean", "sum"] = "mean",
+    weight: jax.Array | None = None,
 ) -> jax.Array:
     """Diffusion regulariser of eq. 5 on forward differences, per field.
 
@@ -109,6 +110,11 @@ def smoothness_loss(
     ``reduction="sum"`` sums over voxels (eq. 5 as written); ``"mean"`` (default) averages
     each axis's differences over the voxels that have them, so the weight does not depend on
     the grid size. Multiply by ``lambda_phi`` yourself.
+
+    ``weight`` (``(N, *spatial)``, non-negative) makes each axis's term a weighted mean: the
+    difference between two neighbours counts with the smaller of their weights, divided by
+    the sum of those weights (``reduction="mean"`` only), e.g. to smooth a field only where
+    an image has something to change.
 
     Args:
       field: ``(N, *spatial, C)`` with 2 or 3 spatial axes: a displacement (``C = ndim``
@@ -126,11 +132,26 @@ def smoothness_loss(
         raise ValueError(f"smoothness_loss: norm must be 'l1' or 'l2', got {norm!r}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"smoothness_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if weight is not None and (reduction != "mean" or weight.shape != field.shape[:-1]):
+        raise ValueError(
+            f"smoothness_loss: weight must have the field's shape {field.shape[:-1]} without "
+            f"channels (got {weight.shape}) and reduction 'mean'"
+        )
     penalty = jnp.square if norm == "l2" else jnp.abs
     spatial_axes = tuple(range(1, field.ndim - 1))
     reduce = jnp.sum if reduction == "sum" else jnp.mean
     total = jnp.zeros(field.shape[:1], field.dtype)
     for axis in spatial_axes:
         per_voxel = jnp.sum(penalty(jnp.diff(field, axis=axis)), axis=-1)  # over channels
-        total = total + reduce(per_voxel, axis=spatial_axes)
+        if weight is None:
+            total = total + reduce(per_voxel, axis=spatial_axes)
+            continue
+        n = weight.shape[axis]
+        pair = jnp.minimum(
+            jax.lax.slice_in_dim(weight, 0, n - 1, axis=axis),
+            jax.lax.slice_in_dim(weight, 1, n, axis=axis),
+        )
+        total = total + jnp.sum(pair * per_voxel, axis=spatial_axes) / jnp.maximum(
+            jnp.sum(pair, axis=spatial_axes), 1e-12
+        )
     return total

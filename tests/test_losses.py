@@ -74,6 +74,37 @@ def test_smoothness_loss_zero_for_translation_and_affine_value_3d():
     assert float(ji.smoothness_loss(u)[0]) == pytest.approx(np.sum(a**2), rel=1e-5)
 
 
+def test_weighted_smoothness_loss_against_numpy():
+    """weight: each neighbour pair counts with the smaller of its two weights, per axis a
+    weighted mean; weights of 1 give the plain mean, and the field's values where every
+    weight is 0 do not count."""
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=(2, 6, 7, 2)).astype(np.float32)
+    w = rng.uniform(size=(2, 6, 7)).astype(np.float32)
+    w[:, :, 4:] = 0.0  # the right part carries no weight
+    want = np.zeros(2)
+    for axis in (1, 2):
+        d2 = (np.diff(u.astype(np.float64), axis=axis) ** 2).sum(-1)
+        n = w.shape[axis]
+        pair = np.minimum(np.take(w, range(n - 1), axis=axis), np.take(w, range(1, n), axis=axis))
+        want += (pair * d2).sum(axis=(1, 2)) / pair.sum(axis=(1, 2))
+    got = ji.smoothness_loss(jnp.asarray(u), weight=jnp.asarray(w))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    changed = u.copy()
+    changed[:, :, 5:] = 100.0  # only pairs with a zero-weight voxel see this
+    got_changed = ji.smoothness_loss(jnp.asarray(changed), weight=jnp.asarray(w))
+    np.testing.assert_allclose(np.asarray(got_changed), want, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ji.smoothness_loss(jnp.asarray(u), weight=jnp.ones(w.shape))),
+        np.asarray(ji.smoothness_loss(jnp.asarray(u))),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="weight must have"):
+        ji.smoothness_loss(jnp.asarray(u), weight=jnp.asarray(w), reduction="sum")
+    with pytest.raises(ValueError, match="weight must have"):
+        ji.smoothness_loss(jnp.asarray(u), weight=jnp.asarray(w[:, :5]))
+
+
 def test_smoothness_loss_of_a_one_channel_image_change():
     """Any channel count: a (N, H, W, 1) image change, against NumPy's forward differences."""
     rng = np.random.default_rng(1)

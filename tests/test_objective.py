@@ -190,6 +190,35 @@ def test_gain_output_can_smooth_its_log_gain():
     assert abs(on_change - float(m["smooth"])) > 0.1 * on_change
 
 
+def test_log_gain_smoothed_on_the_image():
+    """image_smoothness="log_gain_on_image": the diffusion term on the log gain weighted by
+    each pass's input magnitude (NumPy: a pair counts with the smaller of its two)."""
+    config = ji.ObjectiveConfig(lambda_phi=0.7, image_smoothness="log_gain_on_image")
+    m, images, first, second, run = _image_case("gain", config)
+
+    def weighted(field, image):
+        field, w = field[..., 0].astype(np.float64), np.abs(image[..., 0]).astype(np.float64)
+        total = 0.0
+        for axis in (1, 2):
+            n = w.shape[axis]
+            pair = np.minimum(np.take(w, range(n - 1), axis=axis),
+                              np.take(w, range(1, n), axis=axis))  # fmt: skip
+            total = total + (pair * np.diff(field, axis=axis) ** 2).sum((1, 2)) / pair.sum((1, 2))
+        return total
+
+    want = 0.7 * (_halves(weighted(np.log(first / images), images))
+                  + _halves(weighted(np.log(second / first), first)))  # fmt: skip
+    assert want > 0
+    np.testing.assert_allclose(float(m["smooth"]), want, rtol=1e-3)
+    plain = float(
+        run(ji.ObjectiveConfig(lambda_phi=0.7, image_smoothness="log_gain"))[1][0]["smooth"]
+    )
+    assert abs(plain - want) > 5e-3 * want  # the unweighted term is outside the tolerance
+    *_, residual = _image_case("residual", ji.ObjectiveConfig())
+    with pytest.raises(ValueError, match="log_gain_on_image.*needs .* output='gain'"):
+        residual(config)
+
+
 def test_gain_weight_is_mean_absolute_log_gain_of_the_first_pass():
     """gain_weight: mean |log(G(x) / x)| over the first pass's voxels, per direction, added
     to the loss; an output without a gain refuses it."""
