@@ -320,6 +320,18 @@ def baseline_scores(run: Path, seed: int) -> dict:
     return {name: score(m, truth, labels) for name, m in maps.items()}
 
 
+def blob_regression(patterns, off, diag):
+    """Each pattern regressed by least squares on its image's off-diagonal and diagonal
+    blobs: ``(coefficients (N, 2), fraction of each pattern's energy neither explains)``."""
+    coefs, rest = [], []
+    for p, o, d in zip(patterns, off, diag):
+        design = np.stack([o.ravel(), d.ravel()], axis=1)
+        c, *_ = np.linalg.lstsq(design, p.ravel(), rcond=None)
+        coefs.append(c)
+        rest.append(np.sum((p.ravel() - design @ c) ** 2) / np.sum(p**2))
+    return np.array(coefs), np.array(rest)
+
+
 def diagnose(run: Path, seed: int, variant: str) -> dict:
     """Where the classifier looks and what a simulator changes, in terms of the blobs.
 
@@ -341,12 +353,8 @@ def diagnose(run: Path, seed: int, variant: str) -> dict:
     )
     pattern = simulator_patterns(model, variables, images, labels)[0]
     for label, group in ((0, "controls"), (1, "patients")):
-        coefs, rest = [], []
-        for p, o, d in zip(pattern[labels == label], off[labels == label], diag[labels == label]):
-            design = np.stack([o.ravel(), d.ravel()], axis=1)
-            c, *_ = np.linalg.lstsq(design, p.ravel(), rcond=None)
-            coefs.append(c)
-            rest.append(np.sum((p.ravel() - design @ c) ** 2) / np.sum(p**2))
+        pick = labels == label
+        coefs, rest = blob_regression(pattern[pick], off[pick], diag[pick])
         out[f"{group}_coef_offdiag"], out[f"{group}_coef_diag"] = np.median(coefs, axis=0)
         out[f"{group}_unexplained"] = float(np.median(rest))
     return {k: float(v) for k, v in out.items()}
@@ -408,11 +416,7 @@ def cheapest_blob_change(run: Path, seed: int, variant: str, ratios=None) -> dic
                                                                        change[reached]))
                          if reached.any() else None,
                          "ncc": float(np.mean(scores))})  # fmt: skip
-        coefs = [
-            np.linalg.lstsq(np.stack([oo.ravel(), dd.ravel()], axis=1), q.ravel(), rcond=None)[0]
-            for q, oo, dd in zip(pattern[pick], o, d)
-        ]
-        c = np.median(coefs, axis=0)
+        c = np.median(blob_regression(pattern[pick], o, d)[0], axis=0)
         out[direction] = {
             "by_ratio": rows,
             "simulator_median_change": float(np.median(change)),
@@ -445,8 +449,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--cheapest", choices=list(VARIANTS), metavar="VARIANT",
-        help="the cheapest blob scaling that moves the classifier by delta, against "
-        "VARIANT's simulator, instead",
+        help="what whole-blob scalings cost to move the classifier as far as VARIANT's "
+        "simulator does, against that simulator's change, instead",
     )  # fmt: skip
     args = parser.parse_args()
     if args.cheapest:

@@ -1,9 +1,9 @@
-"""benchmarks/study_synth2d.py's blob-scaling cost against its closed form for a linear
-classifier."""
+"""benchmarks/study_synth2d.py: the blob regression against the least-squares normal
+equations, the blob-scaling cost against its closed form for a linear classifier."""
 
 import numpy as np
 
-from benchmarks.study_synth2d import blob_scaling_cost
+from benchmarks.study_synth2d import blob_regression, blob_scaling_cost
 
 
 def test_blob_scaling_cost_of_a_linear_classifier():
@@ -27,3 +27,20 @@ def test_blob_scaling_cost_of_a_linear_classifier():
             cost[reached], want[reached] * np.abs(p[reached]).mean(axis=(1, 2, 3)), rtol=1e-6
         )
         assert np.all(a[~reached] == 1.0)
+
+
+def test_blob_regression_recovers_the_coefficients_and_the_rest():
+    rng = np.random.default_rng(1)
+    off = rng.normal(size=(3, 6, 6, 1))
+    diag = rng.normal(size=(3, 6, 6, 1))
+    exact = 2.0 * off + 0.5 * diag
+    coefs, rest = blob_regression(exact[..., 0], off, diag)
+    np.testing.assert_allclose(coefs, np.tile([2.0, 0.5], (3, 1)), atol=1e-10)
+    np.testing.assert_allclose(rest, 0.0, atol=1e-12)
+    noisy = exact[..., 0] + rng.normal(size=(3, 6, 6))
+    coefs, rest = blob_regression(noisy, off, diag)
+    for i in range(3):
+        design = np.stack([off[i].ravel(), diag[i].ravel()], axis=1)
+        residual = noisy[i].ravel() - design @ coefs[i]
+        assert np.allclose(design.T @ residual, 0.0, atol=1e-9)  # least-squares normal equations
+        np.testing.assert_allclose(rest[i], residual @ residual / np.sum(noisy[i] ** 2))
