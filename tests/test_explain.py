@@ -25,6 +25,10 @@ from train import load_config, train_classifier, train_simulator
 from train import report as rp
 from train.classifier import load_classifier, predict_logits
 
+# explain's numbers must not come from empty or degenerate slices (a region too small for
+# the 16^3 grid once gave a "Mean of empty slice" NaN)
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 SHAPE = (16, 16, 16)
 METHODS = ex.METHODS
 TINY = [

@@ -889,7 +889,8 @@ def _explain_into(
                 own = _subject_truth(truth_source, scan, shape, aff, label, truth)
                 if label == 1:
                     for region, mask in truth_regions.items():
-                        own_in_region.setdefault(region, np.zeros(n))[i] = own[mask].mean()
+                        if mask.any():  # a region too small for the grid is scored nowhere
+                            own_in_region.setdefault(region, np.zeros(n))[i] = own[mask].mean()
                 sign = 1.0 if label == 0 else -1.0
                 score = score_map(lvc, sign * own, brain)
                 row["ncc_truth"] = score["ncc_signed"]
