@@ -116,6 +116,7 @@ __all__ = [
     "Region",
     "TEMPLATE_FILES",
     "Template",
+    "counterfactual",
     "default_regions_path",
     "load_regions",
     "load_template",
@@ -646,6 +647,33 @@ def _simulate(
     return np.asarray(clean), np.asarray(truth_template), np.asarray(truth)
 
 
+def _subject(
+    t1: jax.Array,
+    template: Template,
+    seed: int,
+    label: int,
+    j: int,
+    v_disease: np.ndarray | None,
+    *,
+    std_mm: float,
+    smoothing_mm: float,
+    noise_std: float,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(raw image, truth in template space, truth in subject space) of the ``j``-th subject
+    of group ``label`` (its own warp and noise, drawn from ``seed``) with the disease
+    velocity ``v_disease`` (None: healthy)."""
+    v_subject = random_velocity(
+        _stream(seed, 1 + label, j, 0), template, std_mm=std_mm, smoothing_mm=smoothing_mm
+    )
+    if v_disease is not None:
+        v_disease = jnp.asarray(v_disease, jnp.float32)
+    clean, t_template, t_subject = _simulate(t1, jnp.asarray(v_subject), v_disease)
+    brain = clean > _MASK_THRESHOLD * float(np.percentile(clean, 99.5))
+    noise = _stream(seed, 1 + label, j, 1).standard_normal(clean.shape) * noise_std
+    raw = np.where(brain, clean + noise, clean) if noise_std > 0 else clean
+    return raw, t_template, t_subject
+
+
 def _zscore(raw: np.ndarray) -> np.ndarray:
     """z-score inside load_volume's automatic mask, 0 outside (load_volume's exact steps)."""
     robust_max = float(np.percentile(raw, 99.5))
@@ -794,27 +822,18 @@ def make_cohort(
     truth = np.zeros((n, *shape), np.float32)
     truth_template = np.zeros((n, *shape), np.float32)
     t1 = jnp.asarray(template.t1)[..., None]
+    warp_std = {"std_mm": subject_warp_std, "smoothing_mm": subject_warp_smoothing}
     for i in range(n):
         label = int(labels[i])
         j = i if label == 0 else i - n_controls
-        v_subject = random_velocity(
-            _stream(seed, 1 + label, j, 0),
-            template,
-            std_mm=subject_warp_std,
-            smoothing_mm=subject_warp_smoothing,
-        )
         v_disease = None
         if label == 1:
-            v_disease = jnp.asarray(
-                patient_severity[j] * velocities[patient_subtype[j]], jnp.float32
-            )
-        clean, t_template, t_subject = _simulate(t1, jnp.asarray(v_subject), v_disease)
+            v_disease = patient_severity[j] * velocities[patient_subtype[j]]
+        raw[i], t_template, t_subject = _subject(
+            t1, template, seed, label, j, v_disease, noise_std=noise_std, **warp_std
+        )
         if label == 1:
             truth_template[i], truth[i] = t_template, t_subject
-        noise_rng = _stream(seed, 1 + label, j, 1)
-        brain = clean > _MASK_THRESHOLD * float(np.percentile(clean, 99.5))
-        noise = noise_rng.standard_normal(shape) * noise_std if noise_std > 0 else 0.0
-        raw[i] = np.where(brain, clean + noise, clean)
 
     images = np.stack([_zscore(r) for r in raw])
     group = truth_template[labels == 1].mean(axis=0) if n_patients else np.zeros(shape, np.float32)
@@ -878,6 +897,46 @@ def make_cohort(
         regions=tuple(regions),
         recipe=types.MappingProxyType(recipe),
     )
+
+
+def counterfactual(
+    cohort: Cohort, index: int, *, subtype: str | None, severity: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Subject ``index`` of ``cohort``, its own anatomy and noise, with another disease.
+
+    ``subtype`` at ``severity`` (one of ``cohort.targets``), or healthy (``subtype=None``):
+    a control as it would look as a patient, a patient without its disease. With the
+    subject's own subtype and severity (or None for a control) this is its cohort image.
+
+    Returns:
+      ``(image, truth)``: the z-scored model input ``(D, H, W)`` (as ``cohort.images``) and
+      the disease's log volume change in the subject's space (zeros when healthy).
+    """
+    params = cohort.recipe["params"]
+    if not 0 <= index < len(cohort.labels):
+        raise ValueError(f"index must be in [0, {len(cohort.labels)}), got {index}")
+    if subtype is not None and subtype not in cohort.targets:
+        raise ValueError(
+            f"subtype must be None or one of {sorted(cohort.targets)}, got {subtype!r}"
+        )
+    label = int(cohort.labels[index])
+    j = index if label == 0 else index - params["n_controls"]
+    template = load_template(params["shape"])
+    v_disease = None
+    if subtype is not None:
+        v_disease = severity * poisson_velocity(cohort.targets[subtype], template.spacing)
+    raw, _, truth = _subject(
+        jnp.asarray(template.t1)[..., None],
+        template,
+        params["seed"],
+        label,
+        j,
+        v_disease,
+        std_mm=params["subject_warp_std"],
+        smoothing_mm=params["subject_warp_smoothing"],
+        noise_std=params["noise_std"],
+    )
+    return _zscore(raw), (np.zeros_like(raw) if truth is None else truth)
 
 
 def _version(package: str) -> str:

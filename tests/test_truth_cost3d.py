@@ -1,0 +1,29 @@
+import numpy as np
+
+from benchmarks.truth_cost3d import cost_row
+
+
+def test_cost_row_is_the_objective_terms_median_over_scans():
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=(5, 6, 6, 6))
+    after = before + 0.1 * rng.normal(size=before.shape)
+    volume_change = 0.05 * rng.normal(size=before.shape)
+    shift = np.array([10.0, 12.0, 14.0, 0.0, 20.0])
+    row = cost_row("x", shift, before, after, volume_change, change_weight=2.0, volume_weight=5.0)
+    change = 2.0 * np.abs(after - before).reshape(5, -1).mean(axis=1)
+    volume = 5.0 * np.abs(volume_change).reshape(5, -1).mean(axis=1)
+    assert row["n"] == 5 and row["map"] == "x"
+    assert row["median_shift"] == 12.0
+    np.testing.assert_allclose(row["change_term"], np.median(change))
+    np.testing.assert_allclose(row["volume_term"], np.median(volume))
+    # A scan that does not move counts as very expensive (its shift is floored at 1e-3).
+    per_logit = (change + volume) / np.array([10.0, 12.0, 14.0, 1e-3, 20.0])
+    np.testing.assert_allclose(row["cost_per_logit"], np.median(per_logit))
+
+
+def test_no_change_costs_nothing():
+    x = np.ones((2, 4, 4, 4))
+    row = cost_row(
+        "same", np.array([1.0, 2.0]), x, x, np.zeros_like(x), change_weight=1.0, volume_weight=1.0
+    )
+    assert row["change_term"] == row["volume_term"] == row["cost_per_logit"] == 0.0
