@@ -1,6 +1,8 @@
+import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.truth_cost3d import cost_row
+import jaxinterp as ji
+from benchmarks.truth_cost3d import cost_row, free_map_objective
 
 
 def test_cost_row_is_the_objective_terms_median_over_scans():
@@ -27,3 +29,23 @@ def test_no_change_costs_nothing():
         "same", np.array([1.0, 2.0]), x, x, np.zeros_like(x), change_weight=1.0, volume_weight=1.0
     )
     assert row["change_term"] == row["volume_term"] == row["cost_per_logit"] == 0.0
+
+
+def test_free_map_objective_is_the_inject_objective_of_one_map():
+    rng = np.random.default_rng(1)
+    images = jnp.asarray(rng.normal(size=(3, 10, 10, 10, 1)), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=(1, 10, 10, 10, 1)), jnp.float32)
+    logit = lambda x: jnp.sum(weight * x, axis=(1, 2, 3, 4))
+    kwargs = dict(delta=2.0, change_weight=1.5, volume_weight=5.0, steps=4)
+    loss, terms = free_map_objective(jnp.zeros((10, 10, 10)), images, logit, **kwargs)
+    assert float(loss) == 0.0 and not np.any(np.asarray(terms[0]))
+    growth = jnp.asarray(0.3 * rng.normal(size=(10, 10, 10)), jnp.float32)
+    loss, (shift, change, volume) = free_map_objective(growth, images, logit, **kwargs)
+    field = ji.integrate_velocity(ji.poisson_velocity(growth, ndim=3), steps=4)
+    warped = np.stack([np.asarray(ji.warp(x[None], field[None]))[0] for x in images])
+    np.testing.assert_allclose(shift, logit(warped) - logit(images), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(change, 1.5 * np.abs(warped - np.asarray(images)).mean(), rtol=1e-5)
+    div = np.asarray(ji.divergence(field[None]))
+    np.testing.assert_allclose(volume, 5.0 * np.abs(div).mean(), rtol=1e-5)
+    hinge = np.maximum(-np.asarray(shift), -2.0).mean()
+    np.testing.assert_allclose(loss, hinge + change + volume, rtol=1e-5)
