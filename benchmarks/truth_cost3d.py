@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -128,9 +129,10 @@ def free_map_run(config, cohort, logit, train_controls, start: float, steps: int
     probe = jnp.asarray(cohort.images[train_controls[:32], ..., None])
     truth, brain = jnp.asarray(cohort.group_truth), jnp.asarray(cohort.brain_mask)
     rng = np.random.default_rng(config.seed)
+    evaluate = jax.jit(objective)
     for k in range(steps + 1):
         if k % 50 == 0:
-            _, (shift, change, volume) = jax.jit(objective)(growth, probe)
+            _, (shift, change, volume) = evaluate(growth, probe)
             field = integrate_velocity(poisson_velocity(growth[None], ndim=3), steps=terms["steps"])
             change_map = log_volume_change(field)[0]
             median = float(jnp.median(shift))
@@ -154,7 +156,6 @@ def free_map_run(config, cohort, logit, train_controls, start: float, steps: int
 def main(argv: list[str] | None = None) -> None:
     from train.classifier import load_classifier, predict_logits
     from train.config import load_config
-    from train.datasets import load_dataset
     from train.simulator import load_simulator
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -179,10 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     sample = cohort.images[:2, ..., None]
     classifier, clf_variables = load_classifier(config, args.workdir, sample)
-    if args.free_map is not None:
-        split = load_dataset(config.data, seed=config.seed)
+    if args.free_map is not None:  # on the controls the classifier trained on
+        split = json.loads((Path(args.workdir) / "classifier" / "split.json").read_text())
+        trained = set(split["train"])
+        controls = np.array(
+            [i for i, s in enumerate(cohort.subjects) if s in trained and cohort.labels[i] == 0]
+        )
         logit = lambda x: classifier.apply(clf_variables, x, train=False)
-        controls = split.subset("train", 0)
         free_map_run(config, cohort, logit, controls, args.free_map, args.steps, args.learning_rate)
         return
     simulator, sim_variables = load_simulator(config, args.workdir, sample)
