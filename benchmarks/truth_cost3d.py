@@ -24,7 +24,8 @@ optimises instead one growth map for every control, without a network (``--free-
 S times the cohort's group truth; 0 starts from nothing), by Adam on the inject objective's
 hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls,
 and prints every 50 steps its median shift, cost per logit and NCC with the group truth on
-32 training controls: where plain descent on the objective goes from each start.
+32 training controls: where plain descent on the objective goes from each start
+(``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser).
 """
 
 from __future__ import annotations
@@ -107,39 +108,65 @@ def free_map_objective(
     return hinge + change + volume, (shift, change, volume)
 
 
-def free_map_run(config, cohort, logit, train_controls, start: float, steps: int, rate: float):
-    """Adam on `free_map_objective` from ``start`` times the group truth; prints progress."""
+def free_map_run(
+    config,
+    cohort,
+    logit,
+    train_controls,
+    start: float,
+    steps: int,
+    rate: float,
+    *,
+    coarse: int = 1,
+    coarse_steps: int = 0,
+):
+    """Adam on `free_map_objective` from ``start`` times the group truth; prints progress.
+
+    With ``coarse > 1`` the map is first a grid ``coarse`` times coarser, trilinearly
+    upsampled, for ``coarse_steps`` steps; then the upsampled map goes on at full resolution
+    (a fresh Adam state).
+    """
     terms = {
         "delta": config.objective.delta,
         "change_weight": config.objective.change_weight,
         "volume_weight": config.objective.volume_weight,
         "steps": config.simulator.integration_steps,
     }
-    objective = lambda g, x: free_map_objective(g, x, logit, **terms)
+    shape = cohort.group_truth.shape
+    full = lambda p: p if p.shape == shape else jax.image.resize(p, shape, "trilinear")
+    objective = lambda p, x: free_map_objective(full(p), x, logit, **terms)
     optimizer = optax.adam(rate)
-    growth = jnp.asarray(cohort.group_truth) * start
-    state = optimizer.init(growth)
+    params = jnp.asarray(cohort.group_truth) * start
+    if coarse > 1:
+        params = jax.image.resize(params, tuple(n // coarse for n in shape), "trilinear")
+    state = optimizer.init(params)
 
     @jax.jit
-    def step(growth, state, x):
-        grads, _ = jax.grad(objective, has_aux=True)(growth, x)
-        updates, state = optimizer.update(grads, state, growth)
-        return optax.apply_updates(growth, updates), state
+    def step(params, state, x):
+        grads, _ = jax.grad(objective, has_aux=True)(params, x)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
 
     probe = jnp.asarray(cohort.images[train_controls[:32], ..., None])
     truth, brain = jnp.asarray(cohort.group_truth), jnp.asarray(cohort.brain_mask)
     rng = np.random.default_rng(config.seed)
     evaluate = jax.jit(objective)
     for k in range(steps + 1):
+        if k == coarse_steps and params.shape != shape:
+            params = full(params)
+            state = optimizer.init(params)
         if k % 50 == 0:
-            _, (shift, change, volume) = evaluate(growth, probe)
-            field = integrate_velocity(poisson_velocity(growth[None], ndim=3), steps=terms["steps"])
+            _, (shift, change, volume) = evaluate(params, probe)
+            field = integrate_velocity(
+                poisson_velocity(full(params)[None], ndim=3), steps=terms["steps"]
+            )
             change_map = log_volume_change(field)[0]
             median = float(jnp.median(shift))
             print(
                 json.dumps(
                     {
                         "step": k,
+                        "grid": list(params.shape),
                         "median_shift": median,
                         "cost_per_logit": float(change + volume) / max(median, 1e-3),
                         "ncc_signed": float(ncc(change_map, truth, mask=brain)),
@@ -150,7 +177,7 @@ def free_map_run(config, cohort, logit, train_controls, start: float, steps: int
             )
         if k < steps:
             batch = rng.choice(train_controls, 8, replace=False)
-            growth, state = step(growth, state, jnp.asarray(cohort.images[batch, ..., None]))
+            params, state = step(params, state, jnp.asarray(cohort.images[batch, ..., None]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--free-map", type=float, metavar="S", help="optimise one map instead")
     parser.add_argument("--steps", type=int, default=400, help="free map: Adam steps")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="free map: Adam rate")
+    parser.add_argument(
+        "--coarse", type=int, default=1, help="free map: start on a grid this much coarser"
+    )
+    parser.add_argument("--coarse-steps", type=int, default=0, help="free map: steps on that grid")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     if config.data.kind != "synth3d":
@@ -187,7 +218,17 @@ def main(argv: list[str] | None = None) -> None:
             [i for i, s in enumerate(cohort.subjects) if s in trained and cohort.labels[i] == 0]
         )
         logit = lambda x: classifier.apply(clf_variables, x, train=False)
-        free_map_run(config, cohort, logit, controls, args.free_map, args.steps, args.learning_rate)
+        free_map_run(
+            config,
+            cohort,
+            logit,
+            controls,
+            args.free_map,
+            args.steps,
+            args.learning_rate,
+            coarse=args.coarse,
+            coarse_steps=args.coarse_steps,
+        )
         return
     simulator, sim_variables = load_simulator(config, args.workdir, sample)
     simulate = jax.jit(lambda x, task: simulator.apply(sim_variables, x, task))
