@@ -822,7 +822,7 @@ def make_cohort(
     truth = np.zeros((n, *shape), np.float32)
     truth_template = np.zeros((n, *shape), np.float32)
     t1 = jnp.asarray(template.t1)[..., None]
-    warp_std = {"std_mm": subject_warp_std, "smoothing_mm": subject_warp_smoothing}
+    subject_warp = {"std_mm": subject_warp_std, "smoothing_mm": subject_warp_smoothing}
     for i in range(n):
         label = int(labels[i])
         j = i if label == 0 else i - n_controls
@@ -830,7 +830,7 @@ def make_cohort(
         if label == 1:
             v_disease = patient_severity[j] * velocities[patient_subtype[j]]
         raw[i], t_template, t_subject = _subject(
-            t1, template, seed, label, j, v_disease, noise_std=noise_std, **warp_std
+            t1, template, seed, label, j, v_disease, noise_std=noise_std, **subject_warp
         )
         if label == 1:
             truth_template[i], truth[i] = t_template, t_subject
