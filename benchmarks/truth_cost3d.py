@@ -25,7 +25,8 @@ S times the cohort's group truth; 0 starts from nothing), by Adam on the inject 
 hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls,
 and prints every 50 steps its median shift, cost per logit and NCC with the group truth on
 32 training controls: where plain descent on the objective goes from each start
-(``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser).
+(``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
+Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid).
 """
 
 from __future__ import annotations
@@ -119,12 +120,16 @@ def free_map_run(
     *,
     coarse: int = 1,
     coarse_steps: int = 0,
+    restart_at: int = 0,
+    b2: float = 0.999,
 ):
     """Adam on `free_map_objective` from ``start`` times the group truth; prints progress.
 
     With ``coarse > 1`` the map is first a grid ``coarse`` times coarser, trilinearly
     upsampled, for ``coarse_steps`` steps; then the upsampled map goes on at full resolution
-    (a fresh Adam state).
+    (a fresh Adam state). ``restart_at > 0`` gives the map a fresh Adam state at that step
+    without a change of grid: the control that tells a coarse start from a restart. ``b2``
+    is Adam's second-moment decay.
     """
     terms = {
         "delta": config.objective.delta,
@@ -135,7 +140,7 @@ def free_map_run(
     shape = cohort.group_truth.shape
     full = lambda p: p if p.shape == shape else jax.image.resize(p, shape, "trilinear")
     objective = lambda p, x: free_map_objective(full(p), x, logit, **terms)
-    optimizer = optax.adam(rate)
+    optimizer = optax.adam(rate, b2=b2)
     params = jnp.asarray(cohort.group_truth) * start
     if coarse > 1:
         params = jax.image.resize(params, tuple(n // coarse for n in shape), "trilinear")
@@ -154,6 +159,8 @@ def free_map_run(
     for k in range(steps + 1):
         if k == coarse_steps and params.shape != shape:
             params = full(params)
+            state = optimizer.init(params)
+        if k == restart_at > 0:
             state = optimizer.init(params)
         if k % 50 == 0:
             _, (shift, change, volume) = evaluate(params, probe)
@@ -198,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         "--coarse", type=int, default=1, help="free map: start on a grid this much coarser"
     )
     parser.add_argument("--coarse-steps", type=int, default=0, help="free map: steps on that grid")
+    parser.add_argument("--b2", type=float, default=0.999, help="free map: Adam's b2")
+    parser.add_argument(
+        "--restart-at", type=int, default=0, help="free map: a fresh Adam state at this step"
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     if config.data.kind != "synth3d":
@@ -228,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
             args.learning_rate,
             coarse=args.coarse,
             coarse_steps=args.coarse_steps,
+            restart_at=args.restart_at,
+            b2=args.b2,
         )
         return
     simulator, sim_variables = load_simulator(config, args.workdir, sample)

@@ -321,6 +321,32 @@ def test_cosine_schedule_follows_its_formula_and_pins_the_step_count():
         make_optimizer(OptimConfig(schedule="linear"))
 
 
+@pytest.mark.parametrize("b2", [0.999, 0.9])
+def test_adam_second_moment_decay_follows_adams_formula(b2):
+    from train.classifier import make_optimizer
+    from train.config import OptimConfig
+
+    optimizer = make_optimizer(OptimConfig(learning_rate=0.1, b2=b2))
+    # Large gradients, then small ones: how long Adam remembers the large ones is b2's doing.
+    grads = np.array([10.0] * 5 + [0.1] * 20, np.float32)
+    params = np.zeros(1, np.float32)
+    state = optimizer.init(params)
+    got = []
+    for g in grads:
+        updates, state = optimizer.update(np.array([g], np.float32), state, params)
+        got.append(float(updates[0]))
+    m = v = 0.0
+    expected = []
+    for t, g in enumerate(grads.astype(np.float64), start=1):
+        m = 0.9 * m + 0.1 * g
+        v = b2 * v + (1 - b2) * g * g
+        expected.append(-0.1 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-8))
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    # 20 small gradients after the large ones: b2 = 0.9 steps twice as far as 0.999 by then
+    # (0.027 against 0.014), having forgotten the large gradients that 0.999 still divides by.
+    assert (abs(got[-1]) > 0.02) == (b2 == 0.9)
+
+
 def test_a_cosine_run_refuses_to_resume_with_more_steps(trained_classifier, tmp_path):
     src, _ = trained_classifier
     workdir = _copy_classifier(src, tmp_path)

@@ -53,8 +53,8 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
     else:
         raise ValueError(f"unknown schedule {optim.schedule!r}: use 'constant' or 'cosine'")
     if optim.weight_decay > 0:
-        return optax.adamw(rate, weight_decay=optim.weight_decay)
-    return optax.adam(rate)
+        return optax.adamw(rate, b2=optim.b2, weight_decay=optim.weight_decay)
+    return optax.adam(rate, b2=optim.b2)
 
 
 def init_state(

@@ -38,6 +38,7 @@ class OptimConfig:
     steps: int = 1000  # optimizer steps in total (a resumed run continues to this)
     batch_size: int = 8  # global batch (for the simulator: per direction)
     learning_rate: float = 1e-4
+    b2: float = 0.999  # Adam's second-moment decay: it remembers gradients for ~1 / (1 - b2) steps
     weight_decay: float = 0.0  # decoupled (AdamW) when > 0
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: from learning_rate to 0 at steps
     log_every: int = 50  # steps between metric lines
