@@ -206,6 +206,9 @@ VARIANTS = {
         *synth2d_config.SETTINGS,
         "objective.image_smoothness='log_gain_on_image'",
     ),
+    # a shorter memory for Adam's second moments (3D's free map reaches the cheap end with it)
+    "jaxinterp_b2_0.99": (*synth2d_config.SETTINGS, "simulator_optim.b2=0.99"),
+    "jaxinterp_b2_0.9": (*synth2d_config.SETTINGS, "simulator_optim.b2=0.9"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
