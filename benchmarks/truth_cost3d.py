@@ -26,7 +26,8 @@ hinge, change and volume terms (`free_map_objective`) over batches of 8 training
 and prints every 50 steps its median shift, cost per logit and NCC with the group truth on
 32 training controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
-Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid).
+Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
+``--b2``: Adam's second-moment decay, 0.999 unless given).
 """
 
 from __future__ import annotations
