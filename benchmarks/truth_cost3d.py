@@ -24,7 +24,9 @@ optimises instead one growth map for every control, without a network (``--free-
 S times the cohort's group truth; 0 starts from nothing), by Adam on the inject objective's
 hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls,
 and prints every 50 steps its median shift, cost per logit and NCC with the group truth on
-32 training controls: where plain descent on the objective goes from each start
+32 training controls: where plain descent on the objective goes from each start; at the end,
+where the map and the group truth put their change, region by region (``--save PATH``
+writes the map as NIfTI)
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
 ``--b2``: Adam's second-moment decay, 0.999 unless given).
@@ -43,6 +45,7 @@ import numpy as np
 import optax
 
 from jaxinterp import synth3d
+from jaxinterp.data import save_nifti
 from jaxinterp.jacobian import divergence, log_volume_change
 from jaxinterp.losses import INJECT, REMOVE
 from jaxinterp.metrics import ncc
@@ -130,7 +133,7 @@ def free_map_run(
     upsampled, for ``coarse_steps`` steps; then the upsampled map goes on at full resolution
     (a fresh Adam state). ``restart_at > 0`` gives the map a fresh Adam state at that step
     without a change of grid: the control that tells a coarse start from a restart. ``b2``
-    is Adam's second-moment decay.
+    is Adam's second-moment decay. Returns the final map's log volume change ``(D, H, W)``.
     """
     terms = {
         "delta": config.objective.delta,
@@ -163,7 +166,7 @@ def free_map_run(
             state = optimizer.init(params)
         if k == restart_at > 0:
             state = optimizer.init(params)
-        if k % 50 == 0:
+        if k % 50 == 0 or k == steps:
             _, (shift, change, volume) = evaluate(params, probe)
             field = integrate_velocity(
                 poisson_velocity(full(params)[None], ndim=3), steps=terms["steps"]
@@ -186,6 +189,35 @@ def free_map_run(
         if k < steps:
             batch = rng.choice(train_controls, 8, replace=False)
             params, state = step(params, state, jnp.asarray(cohort.images[batch, ..., None]))
+    return np.asarray(change_map)
+
+
+def region_rows(change_map: np.ndarray, cohort) -> list[dict]:
+    """Where a log volume change map and the cohort's group truth put their change: per
+    truth region, and in the brain outside every region, each one's mean and its share of
+    the brain's summed ``|change|``."""
+    brain = np.asarray(cohort.brain_mask, bool)
+    truth = np.asarray(cohort.group_truth)
+    inside = np.zeros_like(brain)
+    places = {}
+    for name, mask in cohort.region_masks.items():
+        places[name] = np.asarray(mask, bool) & brain
+        inside |= places[name]
+    places["brain outside every region"] = brain & ~inside
+    rows = []
+    for name, where in places.items():
+        share = lambda m, where=where: float(np.abs(m[where]).sum() / np.abs(m[brain]).sum())
+        rows.append(
+            {
+                "place": name,
+                "voxels": int(where.sum()),
+                "truth_mean": float(truth[where].mean()),
+                "map_mean": float(change_map[where].mean()),
+                "truth_share": share(truth),
+                "map_share": share(change_map),
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--coarse-steps", type=int, default=0, help="free map: steps on that grid")
     parser.add_argument("--b2", type=float, default=0.999, help="free map: Adam's b2")
+    parser.add_argument("--save", help="free map: write its log volume change here (.nii.gz)")
     parser.add_argument(
         "--restart-at", type=int, default=0, help="free map: a fresh Adam state at this step"
     )
@@ -230,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             [i for i, s in enumerate(cohort.subjects) if s in trained and cohort.labels[i] == 0]
         )
         logit = lambda x: classifier.apply(clf_variables, x, train=False)
-        free_map_run(
+        change_map = free_map_run(
             config,
             cohort,
             logit,
@@ -243,6 +276,19 @@ def main(argv: list[str] | None = None) -> None:
             restart_at=args.restart_at,
             b2=args.b2,
         )
+        print(
+            "\n| place | voxels | truth mean | map mean | share of the truth's abs | of the map's |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in region_rows(change_map, cohort):
+            print(
+                f"| {r['place']} | {r['voxels']} | {r['truth_mean']:.3f} | {r['map_mean']:.3f} "
+                f"| {r['truth_share']:.2f} | {r['map_share']:.2f} |"
+            )
+        if args.save:
+            save_nifti(
+                args.save, change_map, cohort.affine, description="free map: log volume change"
+            )
         return
     simulator, sim_variables = load_simulator(config, args.workdir, sample)
     simulate = jax.jit(lambda x, task: simulator.apply(sim_variables, x, task))

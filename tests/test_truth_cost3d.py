@@ -1,8 +1,10 @@
+from types import SimpleNamespace
+
 import jax.numpy as jnp
 import numpy as np
 
 import jaxinterp as ji
-from benchmarks.truth_cost3d import cost_row, free_map_objective
+from benchmarks.truth_cost3d import cost_row, free_map_objective, region_rows
 
 
 def test_cost_row_is_the_objective_terms_median_over_scans():
@@ -49,3 +51,26 @@ def test_free_map_objective_is_the_inject_objective_of_one_map():
     np.testing.assert_allclose(volume, 5.0 * np.abs(div).mean(), rtol=1e-5)
     hinge = np.maximum(-np.asarray(shift), -2.0).mean()
     np.testing.assert_allclose(loss, hinge + change + volume, rtol=1e-5)
+
+
+def test_region_rows_split_a_map_between_the_regions_and_the_rest_of_the_brain():
+    brain = np.zeros((4, 4, 4), bool)
+    brain[:, :, :3] = True  # 48 voxels; the last column is outside the brain
+    a = np.zeros_like(brain)
+    a[0] = True  # 12 of them in the brain
+    b = np.zeros_like(brain)
+    b[1, :2] = True  # 6 in the brain
+    truth = np.where(a, 1.0, 0.0) + np.where(b, -0.5, 0.0)
+    change = np.full(brain.shape, 0.25)
+    change[~brain] = 100.0  # outside the brain: counted nowhere
+    cohort = SimpleNamespace(brain_mask=brain, group_truth=truth, region_masks={"a": a, "b": b})
+    rows = {r["place"]: r for r in region_rows(change, cohort)}
+    assert [r["voxels"] for r in rows.values()] == [12, 6, 30]
+    assert rows["a"]["truth_mean"] == 1.0 and rows["b"]["truth_mean"] == -0.5
+    assert rows["brain outside every region"]["truth_mean"] == 0.0
+    truth_total = 12 * 1.0 + 6 * 0.5
+    np.testing.assert_allclose(rows["a"]["truth_share"], 12 / truth_total)
+    np.testing.assert_allclose(rows["b"]["truth_share"], 3 / truth_total)
+    # An even map puts its change where the voxels are: 12, 6 and 30 of the brain's 48.
+    np.testing.assert_allclose([r["map_share"] for r in rows.values()], [12 / 48, 6 / 48, 30 / 48])
+    np.testing.assert_allclose([r["map_mean"] for r in rows.values()], 0.25)
