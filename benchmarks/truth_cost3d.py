@@ -25,7 +25,7 @@ S times the cohort's group truth; 0 starts from nothing), by Adam on the inject 
 hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls,
 and prints every 50 steps its median shift, cost per logit and NCC with the group truth on
 32 training controls: where plain descent on the objective goes from each start; at the end,
-where the map and the group truth put their change, region by region (``--save PATH``
+where the map puts its change: where the group truth grows, shrinks or has none (``--save PATH``
 writes the map as NIfTI)
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
@@ -192,18 +192,22 @@ def free_map_run(
     return np.asarray(change_map)
 
 
-def region_rows(change_map: np.ndarray, cohort) -> list[dict]:
-    """Where a log volume change map and the cohort's group truth put their change: per
-    truth region, and in the brain outside every region, each one's mean and its share of
-    the brain's summed ``|change|``."""
-    brain = np.asarray(cohort.brain_mask, bool)
-    truth = np.asarray(cohort.group_truth)
-    inside = np.zeros_like(brain)
-    places = {}
-    for name, mask in cohort.region_masks.items():
-        places[name] = np.asarray(mask, bool) & brain
-        inside |= places[name]
-    places["brain outside every region"] = brain & ~inside
+def truth_level_rows(
+    change_map: np.ndarray, truth: np.ndarray, brain: np.ndarray, fraction: float = 0.1
+) -> list[dict]:
+    """Where a log volume change map puts its change, split by what the truth does there:
+    the brain voxels where the truth grows (``truth > t``), shrinks (``truth < -t``) or has
+    about nothing (``|truth| <= t``), ``t = fraction * max|truth|``; each place's voxel count,
+    the truth's and the map's mean, and each one's share of its summed ``|change|`` over the
+    brain."""
+    brain = np.asarray(brain, bool)
+    truth = np.asarray(truth)
+    t = fraction * np.abs(truth[brain]).max()
+    places = {
+        f"truth grows (> {t:.3f})": brain & (truth > t),
+        f"truth shrinks (< -{t:.3f})": brain & (truth < -t),
+        "truth about 0": brain & (np.abs(truth) <= t),
+    }
     rows = []
     for name, where in places.items():
         share = lambda m, where=where: float(np.abs(m[where]).sum() / np.abs(m[brain]).sum())
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             "\n| place | voxels | truth mean | map mean | share of the truth's abs | of the map's |"
         )
         print("|---|---|---|---|---|---|")
-        for r in region_rows(change_map, cohort):
+        for r in truth_level_rows(change_map, cohort.group_truth, cohort.brain_mask):
             print(
                 f"| {r['place']} | {r['voxels']} | {r['truth_mean']:.3f} | {r['map_mean']:.3f} "
                 f"| {r['truth_share']:.2f} | {r['map_share']:.2f} |"

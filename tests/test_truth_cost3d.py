@@ -1,10 +1,8 @@
-from types import SimpleNamespace
-
 import jax.numpy as jnp
 import numpy as np
 
 import jaxinterp as ji
-from benchmarks.truth_cost3d import cost_row, free_map_objective, region_rows
+from benchmarks.truth_cost3d import cost_row, free_map_objective, truth_level_rows
 
 
 def test_cost_row_is_the_objective_terms_median_over_scans():
@@ -53,24 +51,27 @@ def test_free_map_objective_is_the_inject_objective_of_one_map():
     np.testing.assert_allclose(loss, hinge + change + volume, rtol=1e-5)
 
 
-def test_region_rows_split_a_map_between_the_regions_and_the_rest_of_the_brain():
+def test_truth_level_rows_split_a_map_by_what_the_truth_does_there():
     brain = np.zeros((4, 4, 4), bool)
     brain[:, :, :3] = True  # 48 voxels; the last column is outside the brain
-    a = np.zeros_like(brain)
-    a[0] = True  # 12 of them in the brain
-    b = np.zeros_like(brain)
-    b[1, :2] = True  # 6 in the brain
-    truth = np.where(a, 1.0, 0.0) + np.where(b, -0.5, 0.0)
+    truth = np.zeros(brain.shape)
+    truth[0] = 1.0  # grows in 12 brain voxels (and 4 outside)
+    truth[1, :2] = -0.5  # shrinks in 6
+    truth[2, 0] = 0.05  # at 5% of the largest change: counted as about nothing
     change = np.full(brain.shape, 0.25)
     change[~brain] = 100.0  # outside the brain: counted nowhere
-    cohort = SimpleNamespace(brain_mask=brain, group_truth=truth, region_masks={"a": a, "b": b})
-    rows = {r["place"]: r for r in region_rows(change, cohort)}
-    assert [r["voxels"] for r in rows.values()] == [12, 6, 30]
-    assert rows["a"]["truth_mean"] == 1.0 and rows["b"]["truth_mean"] == -0.5
-    assert rows["brain outside every region"]["truth_mean"] == 0.0
-    truth_total = 12 * 1.0 + 6 * 0.5
-    np.testing.assert_allclose(rows["a"]["truth_share"], 12 / truth_total)
-    np.testing.assert_allclose(rows["b"]["truth_share"], 3 / truth_total)
+    rows = truth_level_rows(change, truth, brain, fraction=0.1)
+    assert [r["place"] for r in rows] == [
+        "truth grows (> 0.100)",
+        "truth shrinks (< -0.100)",
+        "truth about 0",
+    ]
+    assert [r["voxels"] for r in rows] == [12, 6, 30]
+    np.testing.assert_allclose([r["truth_mean"] for r in rows], [1.0, -0.5, 3 * 0.05 / 30])
+    total = 12 * 1.0 + 6 * 0.5 + 3 * 0.05
+    np.testing.assert_allclose(
+        [r["truth_share"] for r in rows], [12 / total, 3 / total, 0.15 / total]
+    )
     # An even map puts its change where the voxels are: 12, 6 and 30 of the brain's 48.
-    np.testing.assert_allclose([r["map_share"] for r in rows.values()], [12 / 48, 6 / 48, 30 / 48])
-    np.testing.assert_allclose([r["map_mean"] for r in rows.values()], 0.25)
+    np.testing.assert_allclose([r["map_share"] for r in rows], [12 / 48, 6 / 48, 30 / 48])
+    np.testing.assert_allclose([r["map_mean"] for r in rows], 0.25)
