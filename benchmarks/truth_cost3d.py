@@ -24,12 +24,12 @@ optimises instead one growth map for every control, without a network (``--free-
 S times the cohort's group truth; 0 starts from nothing), by Adam on the inject objective's
 hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls,
 and prints every 50 steps its median shift, cost per logit and NCC with the group truth on
-32 training controls: where plain descent on the objective goes from each start; at the end,
-where the map puts its change: where the group truth grows, shrinks or has none (``--save PATH``
-writes the map as NIfTI)
+32 training controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
-``--b2``: Adam's second-moment decay, 0.999 unless given).
+``--b2``: Adam's second-moment decay, 0.999 unless given). At the end it prints where the
+final map puts its change, split by what the group truth does there (grows, shrinks, about
+nothing: `truth_level_rows`); ``--save PATH`` writes the map as NIfTI.
 """
 
 from __future__ import annotations
@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         "--restart-at", type=int, default=0, help="free map: a fresh Adam state at this step"
     )
     args = parser.parse_args(argv)
+    if args.save and Path(args.save).exists():  # refused before the run, not after it
+        raise SystemExit(f"--save {args.save}: the file exists; give a new path")
     config = load_config(args.config, args.set)
     if config.data.kind != "synth3d":
         raise SystemExit("this check regenerates a synthetic cohort: data.kind must be 'synth3d'")

@@ -35,7 +35,8 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
 * the paper's learning rate, 1e-4: at 400 steps 3e-4 and 1e-3 score 0.69 / 0.53 and
   0.66 / 0.50 against 0.66 / 0.69. The objective charges the true disease a third of what
   it charges this simulator's maps per logit of shift (`benchmarks/truth_cost3d.py`): the
-  map falls short of the truth in training, not in what the objective asks;
+  map falls short of the truth in training, not in what the objective asks (though near
+  the truth's cost, a free map that scores 0.74 costs as little as the truth);
 * Adam's usual second-moment decay (``simulator_optim.b2=0.999``): at 0.9, which takes a
   free growth map from NCC 0.35 to 0.65 in 400 steps, the simulator's maps cost a quarter
   less per logit but score 0.64 / 0.72 against 0.66 / 0.69, within the spread of runs.
