@@ -27,9 +27,10 @@ and prints every 50 steps its median shift, cost per logit and NCC with the grou
 32 training controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
-``--b2``: Adam's second-moment decay, 0.999 unless given). At the end it prints where the
-final map puts its change, split by what the group truth does there (grows, shrinks, about
-nothing: `truth_level_rows`); ``--save PATH`` writes the map as NIfTI.
+``--b2``: Adam's second-moment decay, 0.999 unless given; ``--growth-smoothness W``: a
+diffusion term on the map itself, left out of the cost per logit and printed apart). At the
+end it prints where the final map puts its change, split by what the group truth does there
+(grows, shrinks, about nothing: `truth_level_rows`); ``--save PATH`` writes the map as NIfTI.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import optax
 from jaxinterp import synth3d
 from jaxinterp.data import save_nifti
 from jaxinterp.jacobian import divergence, log_volume_change
-from jaxinterp.losses import INJECT, REMOVE
+from jaxinterp.losses import INJECT, REMOVE, smoothness_loss
 from jaxinterp.metrics import ncc
 from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
 
@@ -94,15 +95,20 @@ def free_map_objective(
     change_weight: float,
     volume_weight: float,
     steps: int = 7,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    growth_smoothness: float = 0.0,
+    growth_smoothness_norm: str = "l2",
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """The inject objective of one growth map ``(D, H, W)`` applied to every image.
 
     The map becomes a warp as a ``output='volume'`` simulator's does (`poisson_velocity`,
     ``steps`` of scaling and squaring); the loss is the hinge of `jaxinterp.objective` plus
-    ``change_weight * mean|warped - x|`` plus ``volume_weight * mean|div u|``.
+    ``change_weight * mean|warped - x|`` plus ``volume_weight * mean|div u|`` plus
+    ``growth_smoothness`` times the diffusion term (`smoothness_loss`, its
+    ``growth_smoothness_norm``) of the growth map itself.
 
     Returns:
-      ``(loss, (shift, change_term, volume_term))``, ``shift`` per image ``(N,)``.
+      ``(loss, (shift, change_term, volume_term, smoothness_term))``, ``shift`` per image
+      ``(N,)``.
     """
     field = integrate_velocity(poisson_velocity(growth[None], ndim=3), steps=steps)
     warped = warp(images, jnp.broadcast_to(field, (images.shape[0], *field.shape[1:])))
@@ -110,7 +116,9 @@ def free_map_objective(
     hinge = jnp.mean(jnp.maximum(-shift, -delta))
     change = change_weight * jnp.mean(jnp.abs(warped - images))
     volume = volume_weight * jnp.mean(jnp.abs(divergence(field)))
-    return hinge + change + volume, (shift, change, volume)
+    diffusion = smoothness_loss(growth[None, ..., None], norm=growth_smoothness_norm)[0]
+    smooth = growth_smoothness * diffusion
+    return hinge + change + volume + smooth, (shift, change, volume, smooth)
 
 
 def free_map_run(
@@ -126,6 +134,8 @@ def free_map_run(
     coarse_steps: int = 0,
     restart_at: int = 0,
     b2: float = 0.999,
+    growth_smoothness: float = 0.0,
+    growth_smoothness_norm: str = "l2",
 ):
     """Adam on `free_map_objective` from ``start`` times the group truth; prints progress.
 
@@ -133,13 +143,16 @@ def free_map_run(
     upsampled, for ``coarse_steps`` steps; then the upsampled map goes on at full resolution
     (a fresh Adam state). ``restart_at > 0`` gives the map a fresh Adam state at that step
     without a change of grid: the control that tells a coarse start from a restart. ``b2``
-    is Adam's second-moment decay. Returns the final map's log volume change ``(D, H, W)``.
+    is Adam's second-moment decay; ``growth_smoothness`` (``_norm``) as in
+    `free_map_objective`. Returns the final map's log volume change ``(D, H, W)``.
     """
     terms = {
         "delta": config.objective.delta,
         "change_weight": config.objective.change_weight,
         "volume_weight": config.objective.volume_weight,
         "steps": config.simulator.integration_steps,
+        "growth_smoothness": growth_smoothness,
+        "growth_smoothness_norm": growth_smoothness_norm,
     }
     shape = cohort.group_truth.shape
     full = lambda p: p if p.shape == shape else jax.image.resize(p, shape, "trilinear")
@@ -167,7 +180,7 @@ def free_map_run(
         if k == restart_at > 0:
             state = optimizer.init(params)
         if k % 50 == 0 or k == steps:
-            _, (shift, change, volume) = evaluate(params, probe)
+            _, (shift, change, volume, smooth) = evaluate(params, probe)
             field = integrate_velocity(
                 poisson_velocity(full(params)[None], ndim=3), steps=terms["steps"]
             )
@@ -180,6 +193,7 @@ def free_map_run(
                         "grid": list(params.shape),
                         "median_shift": median,
                         "cost_per_logit": float(change + volume) / max(median, 1e-3),
+                        "smoothness_term": float(smooth),
                         "ncc_signed": float(ncc(change_map, truth, mask=brain)),
                         "ncc_abs": float(ncc(jnp.abs(change_map), jnp.abs(truth), mask=brain)),
                     }
@@ -247,6 +261,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--restart-at", type=int, default=0, help="free map: a fresh Adam state at this step"
     )
+    parser.add_argument(
+        "--growth-smoothness",
+        type=float,
+        default=0.0,
+        help="free map: weight of a diffusion term on the growth map itself",
+    )
+    parser.add_argument("--growth-smoothness-norm", choices=("l1", "l2"), default="l2")
     args = parser.parse_args(argv)
     if args.save and Path(args.save).exists():  # refused before the run, not after it
         raise SystemExit(f"--save {args.save}: the file exists; give a new path")
@@ -281,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
             coarse_steps=args.coarse_steps,
             restart_at=args.restart_at,
             b2=args.b2,
+            growth_smoothness=args.growth_smoothness,
+            growth_smoothness_norm=args.growth_smoothness_norm,
         )
         print(
             "\n| place | voxels | truth mean | map mean | share of the truth's abs | of the map's |"

@@ -4,8 +4,9 @@
 inject) and patients ``y`` (task remove), plus an optional ``change_weight * mean|G(x) - x|``
 (or its square) that asks the simulator to change as little as it can, an optional
 ``volume_weight * mean|div u|`` that asks it to change volume in as few places as it can,
-and for a gain output an optional ``gain_weight * mean|log gain|`` that asks it to scale
-as few voxels as it can (all 0 by default, as the paper):
+for a gain output an optional ``gain_weight * mean|log gain|`` that asks it to scale as
+few voxels as it can, and for a volume output an optional ``growth_smoothness`` times the
+diffusion term of its drawn growth (all 0 by default, as the paper):
 
     x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
     x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
@@ -75,6 +76,14 @@ class ObjectiveConfig:
     # shrank the diagonal-blob leak but made the gain uneven inside the blobs: 0.77 -> 0.72
     # at weight 1 (benchmarks/RESULTS.md section 4), so it stays off.
     gain_weight: float = 0.0
+    # "Draw a smooth growth" (``output='volume'`` simulators): weight of the diffusion term
+    # (`smoothness_loss`, norm ``growth_smoothness_norm``) on the drawn log volume change rate
+    # of both passes, not only on the velocity that follows from it. Velocity smoothing
+    # barely charges a zero-mean ripple of growth over the brain (the Poisson solve smooths
+    # it away in the velocity), and a free growth map left to the other terms puts over half
+    # its change into one (benchmarks/RESULTS.md section 3).
+    growth_smoothness: float = 0.0
+    growth_smoothness_norm: Literal["l1", "l2"] = "l2"
     # BatchNorm on the second (cycle) pass, whose inputs are simulated images: "batch" uses
     # and updates batch statistics like the first pass (paper); "running" uses the running
     # averages of the real images and leaves them alone, so inference (running averages
@@ -162,12 +171,22 @@ def simulator_objective(
     e_phi = jnp.zeros((), jnp.float32)
     e_volume = jnp.zeros((), jnp.float32)
     e_gain = jnp.zeros((), jnp.float32)
+    e_growth = jnp.zeros((), jnp.float32)
     magnitude = jnp.zeros((), jnp.float32)
     if config.volume_weight and first.displacement is None:
         raise ValueError(
             "ObjectiveConfig.volume_weight penalises the simulated field's volume change; "
             "this simulator outputs images (no field): set volume_weight=0"
         )
+    if config.growth_smoothness:
+        if first.growth is None:
+            raise ValueError(
+                "ObjectiveConfig.growth_smoothness smooths a drawn growth; this simulator "
+                "does not draw one (needs output='volume'): set growth_smoothness=0"
+            )
+        for growth in (first.growth, second.growth):
+            smooth = smoothness_loss(growth[..., None], norm=config.growth_smoothness_norm)
+            e_growth = e_growth + config.growth_smoothness * sum(_directions(smooth, n))
     if config.gain_weight:
         if first.log_gain is None:
             raise ValueError(
@@ -207,7 +226,7 @@ def simulator_objective(
         for field, weight in zip(fields, weights):
             smooth = smoothness_loss(field, norm=config.smoothness_norm, weight=weight)
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
-    loss = e_logit + e_cycle + e_phi + e_change + e_volume + e_gain
+    loss = e_logit + e_cycle + e_phi + e_change + e_volume + e_gain + e_growth
 
     moved = (simulated_logits - original_logits) * (1.0 - 2.0 * task)
     inject_shift, remove_shift = _directions(moved, n)
@@ -219,6 +238,7 @@ def simulator_objective(
         "change": e_change,
         "volume": e_volume,
         "gain": e_gain,
+        "growth_smooth": e_growth,
         "shift_inject": inject_shift,
         "shift_remove": remove_shift,
         "displacement": magnitude,

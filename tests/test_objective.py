@@ -233,3 +233,38 @@ def test_gain_weight_is_mean_absolute_log_gain_of_the_first_pass():
     *_, residual = _image_case("residual", ji.ObjectiveConfig())
     with pytest.raises(ValueError, match="gain_weight.*no gain output"):
         residual(ji.ObjectiveConfig(gain_weight=1.0))
+
+
+def test_growth_smoothness_is_the_diffusion_term_of_both_passes_drawn_growth():
+    """growth_smoothness: the forward-difference term of a volume output's drawn growth
+    (first pass on the inputs, second on the first pass's images), per direction, added to
+    the loss; an output that draws no growth refuses it."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
+    sim = Simulator(SimulatorConfig(ndim=2, features=(2, 4), bottleneck=8, output="volume",
+                                    routing_dropout=0.0))  # fmt: skip
+    clf = Classifier(ClassifierConfig(ndim=2, features=(2, 4)))
+    sv = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    cv = clf.init(jax.random.key(1), x)
+    run = lambda cfg: ji.simulator_objective(
+        sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2),
+        simulator=sim, classifier=clf, config=cfg, train=False,
+    )  # fmt: skip
+    images = jnp.concatenate([x, y])
+    task = jnp.array([0, 0, 1, 1])
+    first = sim.apply(sv, images, task)
+    second = sim.apply(sv, first.image, 1 - task)
+    g1, g2 = (np.asarray(o.growth, np.float64) for o in (first, second))
+    for norm, power in (("l2", 2), ("l1", 1)):
+        per_image = lambda g, p=power: sum((np.abs(np.diff(g, axis=a)) ** p).mean(axis=(1, 2))
+                                           for a in (1, 2))  # fmt: skip
+        want = 0.3 * (_halves(per_image(g1)) + _halves(per_image(g2)))
+        config = ji.ObjectiveConfig(growth_smoothness=0.3, growth_smoothness_norm=norm)
+        loss, (m, _) = run(config)
+        assert want > 0
+        np.testing.assert_allclose(float(m["growth_smooth"]), want, rtol=1e-4)
+        np.testing.assert_allclose(float(loss - run(ji.ObjectiveConfig())[0]), want, rtol=1e-3)
+    *_, residual = _image_case("residual", ji.ObjectiveConfig())
+    with pytest.raises(ValueError, match="growth_smoothness.*output='volume'"):
+        residual(ji.ObjectiveConfig(growth_smoothness=1.0))

@@ -40,7 +40,8 @@ def test_free_map_objective_is_the_inject_objective_of_one_map():
     loss, terms = free_map_objective(jnp.zeros((10, 10, 10)), images, logit, **kwargs)
     assert float(loss) == 0.0 and not np.any(np.asarray(terms[0]))
     growth = jnp.asarray(0.3 * rng.normal(size=(10, 10, 10)), jnp.float32)
-    loss, (shift, change, volume) = free_map_objective(growth, images, logit, **kwargs)
+    loss, (shift, change, volume, smooth) = free_map_objective(growth, images, logit, **kwargs)
+    assert float(smooth) == 0.0
     field = ji.integrate_velocity(ji.poisson_velocity(growth, ndim=3), steps=4)
     warped = np.stack([np.asarray(ji.warp(x[None], field[None]))[0] for x in images])
     np.testing.assert_allclose(shift, logit(warped) - logit(images), rtol=1e-4, atol=1e-4)
@@ -49,6 +50,16 @@ def test_free_map_objective_is_the_inject_objective_of_one_map():
     np.testing.assert_allclose(volume, 5.0 * np.abs(div).mean(), rtol=1e-5)
     hinge = np.maximum(-np.asarray(shift), -2.0).mean()
     np.testing.assert_allclose(loss, hinge + change + volume, rtol=1e-5)
+    # A diffusion term on the map itself: its forward differences, per axis averaged over
+    # the pairs that have them and summed over the axes (squared, or absolute for "l1").
+    g = np.asarray(growth, np.float64)
+    for norm, power in (("l2", 2), ("l1", 1)):
+        smooth_loss, terms = free_map_objective(
+            growth, images, logit, growth_smoothness=0.7, growth_smoothness_norm=norm, **kwargs
+        )
+        want = 0.7 * sum((np.abs(np.diff(g, axis=a)) ** power).mean() for a in range(3))
+        np.testing.assert_allclose(terms[3], want, rtol=1e-5)
+        np.testing.assert_allclose(smooth_loss - loss, want, rtol=1e-4)
 
 
 def test_truth_level_rows_split_a_map_by_what_the_truth_does_there():
