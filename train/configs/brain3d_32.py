@@ -40,6 +40,9 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
 * Adam's usual second-moment decay (``simulator_optim.b2=0.999``): at 0.9, which takes a
   free growth map from NCC 0.35 to 0.65 in 400 steps, the simulator's maps cost a quarter
   less per logit but score 0.64 / 0.72 against 0.66 / 0.69, within the spread of runs.
+* no smoothness term on the drawn growth itself (``objective.growth_smoothness=0``): at
+  ``l1`` weight 3 it smooths a free growth map to the truth's smoothness (NCC 0.74 -> 0.76),
+  but the simulator's maps score 0.62 / 0.67 (0.65 / 0.67 with ``b2=0.9``), no better.
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
