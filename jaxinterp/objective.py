@@ -81,7 +81,9 @@ class ObjectiveConfig:
     # of both passes, not only on the velocity that follows from it. Velocity smoothing
     # barely charges a zero-mean ripple of growth over the brain (the Poisson solve smooths
     # it away in the velocity), and a free growth map left to the other terms puts over half
-    # its change into one (benchmarks/RESULTS.md section 3).
+    # its change into one. On brain3d_32 ("l1", weight 3) it smooths a free map to the
+    # truth's smoothness (NCC 0.74 -> 0.76) but leaves the simulator's maps as spread (0.62 /
+    # 0.67 against 0.66 / 0.69; benchmarks/RESULTS.md section 3), so it stays off.
     growth_smoothness: float = 0.0
     growth_smoothness_norm: Literal["l1", "l2"] = "l2"
     # BatchNorm on the second (cycle) pass, whose inputs are simulated images: "batch" uses
