@@ -86,6 +86,12 @@ def cost_row(
     }
 
 
+def growth_field(growth: jax.Array, steps: int) -> jax.Array:
+    """The warp ``(1, D, H, W, 3)`` a growth map ``(D, H, W)`` becomes, as an
+    ``output='volume'`` simulator's: `poisson_velocity`, ``steps`` of scaling and squaring."""
+    return integrate_velocity(poisson_velocity(growth[None], ndim=3), steps=steps)
+
+
 def free_map_objective(
     growth: jax.Array,
     images: jax.Array,
@@ -100,17 +106,16 @@ def free_map_objective(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """The inject objective of one growth map ``(D, H, W)`` applied to every image.
 
-    The map becomes a warp as a ``output='volume'`` simulator's does (`poisson_velocity`,
-    ``steps`` of scaling and squaring); the loss is the hinge of `jaxinterp.objective` plus
-    ``change_weight * mean|warped - x|`` plus ``volume_weight * mean|div u|`` plus
-    ``growth_smoothness`` times the diffusion term (`smoothness_loss`, its
-    ``growth_smoothness_norm``) of the growth map itself.
+    The map becomes a warp (`growth_field`, ``steps`` of scaling and squaring); the loss is
+    the hinge of `jaxinterp.objective` plus ``change_weight * mean|warped - x|`` plus
+    ``volume_weight * mean|div u|`` plus ``growth_smoothness`` times the diffusion term
+    (`smoothness_loss`, its ``growth_smoothness_norm``) of the growth map itself.
 
     Returns:
       ``(loss, (shift, change_term, volume_term, smoothness_term))``, ``shift`` per image
       ``(N,)``.
     """
-    field = integrate_velocity(poisson_velocity(growth[None], ndim=3), steps=steps)
+    field = growth_field(growth, steps)
     warped = warp(images, jnp.broadcast_to(field, (images.shape[0], *field.shape[1:])))
     shift = logit(warped) - jax.lax.stop_gradient(logit(images))
     hinge = jnp.mean(jnp.maximum(-shift, -delta))
@@ -181,10 +186,7 @@ def free_map_run(
             state = optimizer.init(params)
         if k % 50 == 0 or k == steps:
             _, (shift, change, volume, smooth) = evaluate(params, probe)
-            field = integrate_velocity(
-                poisson_velocity(full(params)[None], ndim=3), steps=terms["steps"]
-            )
-            change_map = log_volume_change(field)[0]
+            change_map = log_volume_change(growth_field(full(params), terms["steps"]))[0]
             median = float(jnp.median(shift))
             print(
                 json.dumps(

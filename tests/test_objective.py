@@ -134,8 +134,9 @@ def _numpy_smoothness(field):  # mean over pixels of squared forward differences
     return (np.diff(c, axis=1) ** 2).mean(axis=(1, 2)) + (np.diff(c, axis=2) ** 2).mean(axis=(1, 2))
 
 
-def _image_case(output, config):
-    """A 2D simulator with an image output: the objective's metrics and both passes."""
+def _case_2d(output):
+    """A small 2D simulator and classifier: ``run(config)`` of the objective, and both passes
+    (the inputs, then each pass's `SimulatorOutput`) in inference mode."""
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
     y = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
@@ -148,12 +149,18 @@ def _image_case(output, config):
         sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2),
         simulator=sim, classifier=clf, config=cfg, train=False,
     )  # fmt: skip
-    _, (m, _) = run(config)
-    images = np.concatenate([x, y])
+    images = jnp.concatenate([x, y])
     task = jnp.array([0, 0, 1, 1])
-    first = np.asarray(sim.apply(sv, images, task).image)
-    second = np.asarray(sim.apply(sv, first, 1 - task).image)
-    return m, images, first, second, run
+    first = sim.apply(sv, images, task)
+    second = sim.apply(sv, first.image, 1 - task)
+    return run, np.asarray(images), first, second
+
+
+def _image_case(output, config):
+    """A 2D simulator with an image output: the objective's metrics and both passes."""
+    run, images, first, second = _case_2d(output)
+    _, (m, _) = run(config)
+    return m, images, np.asarray(first.image), np.asarray(second.image), run
 
 
 def _halves(v):
@@ -239,22 +246,7 @@ def test_growth_smoothness_is_the_diffusion_term_of_both_passes_drawn_growth():
     """growth_smoothness: the forward-difference term of a volume output's drawn growth
     (first pass on the inputs, second on the first pass's images), per direction, added to
     the loss; an output that draws no growth refuses it."""
-    rng = np.random.default_rng(6)
-    x = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
-    y = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
-    sim = Simulator(SimulatorConfig(ndim=2, features=(2, 4), bottleneck=8, output="volume",
-                                    routing_dropout=0.0))  # fmt: skip
-    clf = Classifier(ClassifierConfig(ndim=2, features=(2, 4)))
-    sv = sim.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
-    cv = clf.init(jax.random.key(1), x)
-    run = lambda cfg: ji.simulator_objective(
-        sv["params"], sv["batch_stats"], cv, x, y, jax.random.key(2),
-        simulator=sim, classifier=clf, config=cfg, train=False,
-    )  # fmt: skip
-    images = jnp.concatenate([x, y])
-    task = jnp.array([0, 0, 1, 1])
-    first = sim.apply(sv, images, task)
-    second = sim.apply(sv, first.image, 1 - task)
+    run, _, first, second = _case_2d("volume")
     g1, g2 = (np.asarray(o.growth, np.float64) for o in (first, second))
     for norm, power in (("l2", 2), ("l1", 1)):
         per_image = lambda g, p=power: sum((np.abs(np.diff(g, axis=a)) ** p).mean(axis=(1, 2))
