@@ -209,6 +209,20 @@ VARIANTS = {
     # a shorter memory for Adam's second moments (3D's free map reaches the cheap end with it)
     "jaxinterp_b2_0.99": (*synth2d_config.SETTINGS, "simulator_optim.b2=0.99"),
     "jaxinterp_b2_0.9": (*synth2d_config.SETTINGS, "simulator_optim.b2=0.9"),
+    # total variation of the log gain without BatchNorm (jaxinterp_tv_3 had it): a step of
+    # the gain at a blob's edge costs its height, not its square spread over a ramp, so one
+    # gain per blob with none between quadrants is cheaper than a smooth gain. Seed 2: 0.65
+    # (weight 1) and 0.66 (3) against 0.77, a sharper partial-blob change (RESULTS section 4)
+    "jaxinterp_tv_1": (
+        *synth2d_config.SETTINGS,
+        "objective.smoothness_norm='l1'",
+        "objective.lambda_phi=1.0",
+    ),
+    "jaxinterp_tv_3_no_bn": (
+        *synth2d_config.SETTINGS,
+        "objective.smoothness_norm='l1'",
+        "objective.lambda_phi=3.0",
+    ),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
