@@ -373,6 +373,53 @@ def test_evaluation_against_the_truth(run):
         assert entry["used"] == (fraction is not None and fraction >= 0.1)
 
 
+def test_smoothing_before_group_maps_and_scores(run, tmp_path):
+    """``smooth_fwhm``: group maps and per-scan scores are those of the unsmoothed run's
+    per-scan maps smoothed by SciPy's Gaussian (sigma = FWHM / sqrt(8 ln 2) / voxel size);
+    the per-scan files stay unsmoothed."""
+    fwhm = 20.0
+    out = tmp_path / "smoothed"
+    summary = ex.explain(
+        run["config"], run["workdir"], run["table"], out, methods=("gradient",), smooth_fwhm=fwhm
+    )
+    assert summary["smooth_fwhm_mm"] == fwhm
+    truth, img = _load(out / "group" / "truth.nii.gz")
+    sigma = fwhm / math.sqrt(8 * math.log(2)) / np.linalg.norm(img.affine[:3, :3], axis=0)
+    assert 0.5 < sigma.min() and sigma.max() < 2.0  # a kernel that matters on this grid
+    smooth = lambda m: scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma)
+    brain = run["cohort"].brain_mask
+    rows = _rows(out / "scans.csv")
+    for task in ("inject", "remove"):
+        ids = [r["scan_id"] for r in rows if r["task"] == task]
+        raw = np.stack(
+            [_load(run["out"] / "scans" / i / "log_volume_change.nii.gz")[0] for i in ids]
+        )
+        again = np.stack([_load(out / "scans" / i / "log_volume_change.nii.gz")[0] for i in ids])
+        np.testing.assert_allclose(again, raw, atol=1e-6)  # the files: unsmoothed
+        mean, _ = _load(out / "group" / f"log_volume_change_{task}_mean.nii.gz")
+        expected = np.mean([smooth(m) for m in raw], axis=0)
+        np.testing.assert_allclose(mean, expected, atol=1e-5)
+        assert np.abs(mean - raw.mean(0)).max() > 100 * 1e-5  # smoothing changed the map
+    controls = [r for r in rows if r["task"] == "inject"]
+    for r in controls:  # a control's own truth is the group truth
+        lvc, _ = _load(out / "scans" / r["scan_id"] / "log_volume_change.nii.gz")
+        score = float(ji.ncc(jnp.asarray(smooth(lvc)), jnp.asarray(truth), mask=brain))
+        assert float(r["ncc_truth"]) == pytest.approx(score, abs=1e-4)
+    gradients = np.stack(
+        [_load(out / "scans" / r["scan_id"] / "saliency_gradient.nii.gz")[0] for r in controls]
+    )
+    group, _ = _load(out / "group" / "saliency_gradient_control_mean.nii.gz")
+    np.testing.assert_allclose(group, np.mean([smooth(g) for g in gradients], 0), atol=1e-5)
+    absmean, _ = _load(out / "group" / "saliency_gradient_control_absmean.nii.gz")
+    expected = np.mean([np.abs(smooth(g)) for g in gradients], 0)
+    np.testing.assert_allclose(absmean, expected, atol=1e-5)
+    difference, _ = _load(out / "group" / "intensity_difference.nii.gz")
+    unsmoothed, _ = _load(run["out"] / "group" / "intensity_difference.nii.gz")
+    np.testing.assert_allclose(difference, smooth(unsmoothed), atol=1e-5)
+    page = rp.report(out, tmp_path / "report")
+    assert "smoothed (Gaussian, FWHM 20 mm)" in page.read_text()
+
+
 def test_refusals_and_clear_errors(run, tmp_path):
     config, workdir, table, out = run["config"], run["workdir"], run["table"], run["out"]
     before = sorted(p.name for p in out.iterdir())
@@ -389,6 +436,9 @@ def test_refusals_and_clear_errors(run, tmp_path):
         ex.explain(config, tmp_path / "half", table, tmp_path / "o2")
     with pytest.raises(ValueError, match="unknown saliency method"):
         ex.explain(config, workdir, table, tmp_path / "o3", methods=("gradcam",))
+    with pytest.raises(ValueError, match="smooth_fwhm must be"):
+        ex.explain(config, workdir, table, tmp_path / "o4", smooth_fwhm=-4.0)
+    assert not (tmp_path / "o4").exists()
     # An earlier explain output that holds an input is never replaced.
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -472,8 +522,10 @@ def test_explain_from_command_line_arguments(run, tmp_path):
     (out / "stale.txt").write_text("from an earlier run")
     with pytest.raises(FileExistsError):
         ex.run(args)
-    ex.run(parser.parse_args([*argv, "--overwrite"]))
+    assert json.loads((out / ex.MANIFEST).read_text())["smooth_fwhm_mm"] == 0.0
+    ex.run(parser.parse_args([*argv, "--overwrite", "--smooth-fwhm", "8"]))
     assert (out / "COMPLETE").is_file() and not (out / "stale.txt").exists()
+    assert json.loads((out / ex.MANIFEST).read_text())["smooth_fwhm_mm"] == 8.0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     for text in (ex.FIELD_DESCRIP, ex.NATIVE_FIELD_DESCRIP, ex.LVC_DESCRIP):
         assert len(text.encode("ascii")) <= 80

@@ -41,6 +41,14 @@ and optionally the paper's group-level occlusion: an 8^3 window with stride 4 at
 scaled with the grid, filled with the mean control image (0 after z-scoring would light up
 the brain's edge), scored by the drop in the classifier's accuracy over the table's scans.
 
+Smoothing. With ``smooth_fwhm`` (mm, ``--smooth-fwhm``) every scan's maps (log volume
+change and saliency) are smoothed with a Gaussian kernel of that full width at half
+maximum (`nilearn.image.smooth_img`, the kernel in mm along each axis of the scan's
+model grid) before they are averaged into group maps and scored against a truth, as
+tensor-based and voxel-based morphometry smooth Jacobian and tissue maps before group
+statistics; the occlusion map and the intensity-difference reference are smoothed alike,
+the truth is not. The per-scan files and the regional means stay unsmoothed.
+
 Regions. Given an atlas (a NIfTI label image, resampled nearest-neighbour onto the model
 grid), the mean log volume change per region and scan (``regions.csv``) and, per region,
 an ordinary-least-squares test ``value ~ 1 + group + covariates`` (``region_stats.csv``).
@@ -526,6 +534,7 @@ def explain(
     register_to_template: bool = False,
     template: str | os.PathLike | None = None,
     registration: RegistrationConfig | None = None,
+    smooth_fwhm: float = 0.0,
 ) -> dict[str, Any]:
     """Explains the classifier of ``model_workdir`` on every scan of a table.
 
@@ -562,6 +571,8 @@ def explain(
         the maps there (see the module docstring).
       template: the template NIfTI (default: nilearn's MNI152 T1, as `jaxinterp.synth3d`).
       registration: the optimisation of `jaxinterp.register.register` (None: defaults).
+      smooth_fwhm: FWHM in mm of the Gaussian kernel applied to every scan's maps before
+        group maps and scores (see the module docstring); 0 = none.
 
     Returns:
       The summary also written to ``out_dir/explain.json``.
@@ -580,6 +591,8 @@ def explain(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if ig_steps < 1:
         raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
+    if not (math.isfinite(smooth_fwhm) and smooth_fwhm >= 0):
+        raise ValueError(f"smooth_fwhm must be a FWHM in mm >= 0, got {smooth_fwhm}")
     shape = tuple(int(s) for s in config.data.shape)
     if len(shape) != 3 or config.simulator.ndim != 3 or config.classifier.ndim != 3:
         raise ValueError("explain needs a 3D config (data.shape of 3 ints, 3D networks)")
@@ -686,6 +699,7 @@ def explain(
             covariate_labels=covariate_labels,
             truth_source=truth_source,
             to_tpl=to_tpl,
+            smooth_fwhm=float(smooth_fwhm),
         )
         summary.update(
             kind=KIND,
@@ -764,8 +778,11 @@ def _explain_into(
     covariate_labels: list[str],
     truth_source: _TruthSource | None,
     to_tpl: _ToTemplate | None = None,
+    smooth_fwhm: float = 0.0,
 ) -> dict[str, Any]:
     simulator, sim_variables, classifier, clf_variables = models
+    smooth = _smoother(smooth_fwhm)
+    smoothed = f", smoothed FWHM {smooth_fwhm:g} mm" if smooth_fwhm else ""
     shape = images.shape[1:]
     n = len(scans)
     writer = _Writer(root)
@@ -839,6 +856,15 @@ def _explain_into(
             simulated = result["simulated"][j]
             folder = f"scans/{sid}"
             aff = info.model_affine
+            # What is averaged and scored: the maps smoothed (as they are when smooth_fwhm=0).
+            lvc_scored = smooth(lvc, aff)
+            lvc_group = lvc_scored if to_tpl is None else smooth(group_lvc[j], aff)
+            saliency_scored = {m: smooth(maps[m][j], aff) for m in methods}
+            saliency_group = (
+                saliency_scored
+                if to_tpl is None
+                else {m: smooth(group_saliency[m][j], aff) for m in methods}
+            )
             writer.nifti(
                 f"{folder}/simulated.nii.gz", simulated, aff, SIMULATED_DESCRIP.format(task=task)
             )
@@ -851,11 +877,11 @@ def _explain_into(
                     aff,
                     f"saliency {m} (signed, + raises the logit)",
                 )
-                saliency_moments[(m, group, "mean")].add(group_saliency[m][j])
-                saliency_moments[(m, group, "absmean")].add(np.abs(group_saliency[m][j]))
+                saliency_moments[(m, group, "mean")].add(saliency_group[m])
+                saliency_moments[(m, group, "absmean")].add(np.abs(saliency_group[m]))
             if native:
                 _write_native(writer, folder, scan.path, info, lvc, simulated, field, task)
-            lvc_moments[task].add(group_lvc[j])
+            lvc_moments[task].add(lvc_group)
             if to_tpl is not None:
                 writer.nifti(
                     f"{folder}/to_template.nii.gz", to_tpl.fields[i], aff, TEMPLATE_FIELD_DESCRIP
@@ -892,13 +918,13 @@ def _explain_into(
                         if mask.any():  # a region too small for the grid is scored nowhere
                             own_in_region.setdefault(region, np.zeros(n))[i] = own[mask].mean()
                 sign = 1.0 if label == 0 else -1.0
-                score = score_map(lvc, sign * own, brain)
+                score = score_map(lvc_scored, sign * own, brain)
                 row["ncc_truth"] = score["ncc_signed"]
                 entry = subject_scores.setdefault(f"simulator_{task}", {})
                 for k, v in score.items():
                     entry.setdefault(k, []).append(v)
                 for m in methods:
-                    score = score_map(maps[m][j], own, brain)
+                    score = score_map(saliency_scored[m], own, brain)
                     entry = subject_scores.setdefault(f"{m}_{group}", {})
                     for k, v in score.items():
                         entry.setdefault(k, []).append(v)
@@ -930,14 +956,14 @@ def _explain_into(
             f"group/log_volume_change_{task}_mean.nii.gz",
             mean,
             affine,
-            f"mean log volume change, {task}, n={moments.n}, model grid",
+            f"mean log volume change, {task}, n={moments.n}, model grid{smoothed}",
         )
         if moments.n >= 2:
             files[f"log_volume_change_{task}_t"] = writer.nifti(
                 f"group/log_volume_change_{task}_t.nii.gz",
                 t,
                 affine,
-                f"one-sample t of log volume change, {task}, df={moments.n - 1}",
+                f"one-sample t of log volume change, {task}, df={moments.n - 1}{smoothed}",
             )
         group_maps[f"simulator_{task}"] = {
             "kind": "simulator",
@@ -960,7 +986,7 @@ def _explain_into(
                     f"group/saliency_{m}_{group}_{kind}.nii.gz",
                     value,
                     affine,
-                    f"{m} {group}s {kind} n={mean_moments.n}",
+                    f"{m} {group}s {kind} n={mean_moments.n}{smoothed}",
                 )
             group_maps[f"{m}_{group}"] = {
                 "kind": "saliency",
@@ -991,12 +1017,12 @@ def _explain_into(
                 f"mean {group} image (z-scored), n={int((labels == label).sum())}",
             )
     if len(group_means) == 2:
-        difference = group_means["patient"] - group_means["control"]
+        difference = smooth(group_means["patient"] - group_means["control"], affine)
         files["intensity_difference"] = writer.nifti(
             "group/intensity_difference.nii.gz",
             difference,
             affine,
-            "mean patient image - mean control image (z-scored)",
+            f"mean patient image - mean control image (z-scored){smoothed}",
         )
         group_maps["intensity_difference"] = {
             "kind": "reference",
@@ -1020,12 +1046,12 @@ def _explain_into(
                 )
             )
             total += drops[: idx.size].sum(0)
-        drop = total / n
+        drop = smooth(total / n, affine)
         files["occlusion_accuracy_drop"] = writer.nifti(
             "group/occlusion_accuracy_drop.nii.gz",
             drop,
             affine,
-            f"occlusion: accuracy drop, window {window[0]} stride {stride[0]}, n={n}",
+            f"occlusion: accuracy drop, window {window[0]} stride {stride[0]}, n={n}{smoothed}",
         )
         occlusion_info = {
             "window": list(window),
@@ -1207,6 +1233,7 @@ def _explain_into(
         "methods": list(methods),
         "occlusion": occlusion_info,
         "native": bool(native),
+        "smooth_fwhm_mm": smooth_fwhm,
         "logits": logits,
         "folding_fraction": {"mean": float(folding.mean()), "max": float(folding.max())},
         "regions": region_summary,
@@ -1214,6 +1241,17 @@ def _explain_into(
         "registration": registration,
         "files": files,
     }
+
+
+def _smoother(fwhm: float):
+    """``(map, affine) -> map`` smoothed with a Gaussian of FWHM ``fwhm`` mm (0: as is)."""
+    if not fwhm:
+        return lambda array, affine: array
+    from nilearn.image import smooth_img  # the field's smoothing, kernel in mm per axis
+
+    return lambda array, affine: smooth_img(
+        nib.Nifti1Image(np.asarray(array, np.float32), affine), fwhm
+    ).get_fdata(dtype=np.float32)
 
 
 def _subject_truth(source, scan, shape, affine, label, group_truth) -> np.ndarray:
@@ -1313,6 +1351,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ig-steps", type=int, default=32, help="integrated-gradients steps (default 32)"
     )
+    parser.add_argument(
+        "--smooth-fwhm",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="smooth every scan's maps with a Gaussian of this FWHM in mm before group maps "
+        "and scores, as morphometry does before group statistics (default 0: none)",
+    )
     parser.add_argument("--atlas", help="NIfTI label image for the regional summary")
     parser.add_argument("--atlas-names", help="CSV/TSV with columns label,name for the atlas")
     parser.add_argument(
@@ -1372,6 +1418,7 @@ def run(args: argparse.Namespace) -> dict:
         register_to_template=args.register,
         template=args.template,
         registration=RegistrationConfig(steps=args.register_steps),
+        smooth_fwhm=args.smooth_fwhm,
     )
     keys = ("out_dir", "n_scans", "groups", "logits", "folding_fraction", "evaluation")
     return {k: summary[k] for k in keys}

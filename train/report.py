@@ -280,6 +280,11 @@ def _page(
         f"colour scale symmetric about 0 up to the 99th percentile of |map| in the brain; "
         f"voxels below {_THRESHOLD_FRACTION:.0%} of it are transparent.",
     ]
+    if summary.get("smooth_fwhm_mm"):
+        lines.append(
+            f"- Every scan's maps were smoothed (Gaussian, FWHM {summary['smooth_fwhm_mm']:g} mm) "
+            "before the group maps and the scores; the per-scan files are not."
+        )
     if summary.get("grids_differ"):
         lines.append("- **Warning**: the scans' model grids differ; group maps are approximate.")
     lines.append("\n## Logits\n")
