@@ -234,8 +234,11 @@ def test_group_maps_are_mean_and_t_of_the_subject_maps(run):
 def test_registration_to_the_template(run):
     """--register: every scan gets a to_template field that lowers its mismatch with the
     template, and the group maps are the means of the subject maps sampled at x + u(x)
-    (checked with SciPy's trilinear sampling of the saved files)."""
+    (checked with SciPy's trilinear sampling of the saved files). With smoothing, the maps
+    are smoothed after the sampling (SciPy's Gaussian), and each scan is scored on its own
+    grid, its own map smoothed alike."""
     out = run["root"] / "out_registered"
+    fwhm = 20.0
     summary = ex.explain(
         run["config"],
         run["workdir"],
@@ -245,6 +248,7 @@ def test_registration_to_the_template(run):
         ig_steps=1,
         register_to_template=True,
         registration=RegistrationConfig(steps=10, learning_rate=0.2, integration_steps=3),
+        smooth_fwhm=fwhm,
     )
     rows = _rows(out / "scans.csv")
     before = np.array([float(r["registration_mismatch_before"]) for r in rows])
@@ -253,6 +257,9 @@ def test_registration_to_the_template(run):
     assert summary["registration"]["template"] == str(synth3d.template_paths()["t1"])
     template, timg = _load(out / "group" / "template.nii.gz")
     np.testing.assert_allclose(timg.affine, run["cohort"].affine, atol=1e-5)
+    sigma = fwhm / math.sqrt(8 * math.log(2)) / np.linalg.norm(timg.affine[:3, :3], axis=0)
+    smooth = lambda m: scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma)
+    truth, _ = _load(out / "group" / "truth.nii.gz")
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), -1)
     for task, group in (("inject", "control"), ("remove", "patient")):
         members = [r for r in rows if r["task"] == task]
@@ -265,7 +272,13 @@ def test_registration_to_the_template(run):
             points = np.moveaxis(grid + field, -1, 0)
             for maps, name in ((lvc, "log_volume_change"), (grad, "saliency_gradient")):
                 m = _load(folder / f"{name}.nii.gz")[0]
-                maps.append(scipy.ndimage.map_coordinates(m, points, order=1, mode="nearest"))
+                sampled = scipy.ndimage.map_coordinates(m, points, order=1, mode="nearest")
+                maps.append(smooth(sampled))
+            if task == "inject":  # a control's own truth is the group truth
+                native = _load(folder / "log_volume_change.nii.gz")[0]
+                expected = ji.ncc(jnp.asarray(smooth(native)), jnp.asarray(truth),
+                                  mask=run["cohort"].brain_mask)  # fmt: skip
+                assert float(r["ncc_truth"]) == pytest.approx(float(expected), abs=1e-4)
         mean, _ = _load(out / "group" / f"log_volume_change_{task}_mean.nii.gz")
         np.testing.assert_allclose(mean, np.mean(lvc, 0), atol=1e-5)
         sal, _ = _load(out / "group" / f"saliency_gradient_{group}_mean.nii.gz")

@@ -856,15 +856,9 @@ def _explain_into(
             simulated = result["simulated"][j]
             folder = f"scans/{sid}"
             aff = info.model_affine
-            # What is averaged and scored: the maps smoothed (as they are when smooth_fwhm=0).
-            lvc_scored = smooth(lvc, aff)
-            lvc_group = lvc_scored if to_tpl is None else smooth(group_lvc[j], aff)
-            saliency_scored = {m: smooth(maps[m][j], aff) for m in methods}
-            saliency_group = (
-                saliency_scored
-                if to_tpl is None
-                else {m: smooth(group_saliency[m][j], aff) for m in methods}
-            )
+            # What is averaged: the maps smoothed (as they are when smooth_fwhm=0).
+            lvc_group = smooth(group_lvc[j], aff)
+            saliency_group = {m: smooth(group_saliency[m][j], aff) for m in methods}
             writer.nifti(
                 f"{folder}/simulated.nii.gz", simulated, aff, SIMULATED_DESCRIP.format(task=task)
             )
@@ -917,6 +911,12 @@ def _explain_into(
                     for region, mask in truth_regions.items():
                         if mask.any():  # a region too small for the grid is scored nowhere
                             own_in_region.setdefault(region, np.zeros(n))[i] = own[mask].mean()
+                # Scored on the scan's own grid, smoothed alike: the averaged maps unless
+                # those were brought to the template.
+                lvc_scored, saliency_scored = lvc_group, saliency_group
+                if to_tpl is not None:
+                    lvc_scored = smooth(lvc, aff)
+                    saliency_scored = {m: smooth(maps[m][j], aff) for m in methods}
                 sign = 1.0 if label == 0 else -1.0
                 score = score_map(lvc_scored, sign * own, brain)
                 row["ncc_truth"] = score["ncc_signed"]
