@@ -63,6 +63,13 @@ def _load(path):
     return np.asarray(img.get_fdata(dtype=np.float32)), img
 
 
+def _scipy_smoother(fwhm, affine):
+    """The reference for ``smooth_fwhm``: SciPy's Gaussian with sigma = FWHM / sqrt(8 ln 2)
+    / voxel size along each axis; returns ``(smooth, sigma)``."""
+    sigma = fwhm / math.sqrt(8 * math.log(2)) / np.linalg.norm(affine[:3, :3], axis=0)
+    return (lambda m: scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma)), sigma
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Cohort, trained networks, one explain run (native, occlusion, atlas), the inputs."""
@@ -257,8 +264,7 @@ def test_registration_to_the_template(run):
     assert summary["registration"]["template"] == str(synth3d.template_paths()["t1"])
     template, timg = _load(out / "group" / "template.nii.gz")
     np.testing.assert_allclose(timg.affine, run["cohort"].affine, atol=1e-5)
-    sigma = fwhm / math.sqrt(8 * math.log(2)) / np.linalg.norm(timg.affine[:3, :3], axis=0)
-    smooth = lambda m: scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma)
+    smooth, _ = _scipy_smoother(fwhm, timg.affine)
     truth, _ = _load(out / "group" / "truth.nii.gz")
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), -1)
     for task, group in (("inject", "control"), ("remove", "patient")):
@@ -397,9 +403,8 @@ def test_smoothing_before_group_maps_and_scores(run, tmp_path):
     )
     assert summary["smooth_fwhm_mm"] == fwhm
     truth, img = _load(out / "group" / "truth.nii.gz")
-    sigma = fwhm / math.sqrt(8 * math.log(2)) / np.linalg.norm(img.affine[:3, :3], axis=0)
+    smooth, sigma = _scipy_smoother(fwhm, img.affine)
     assert 0.5 < sigma.min() and sigma.max() < 2.0  # a kernel that matters on this grid
-    smooth = lambda m: scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma)
     brain = run["cohort"].brain_mask
     rows = _rows(out / "scans.csv")
     for task in ("inject", "remove"):
