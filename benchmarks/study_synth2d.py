@@ -223,6 +223,10 @@ VARIANTS = {
         "objective.smoothness_norm='l1'",
         "objective.lambda_phi=3.0",
     ),
+    # the synth2d config from other initialisations (and dropout and batch orders) of the
+    # simulator, against the same classifier: members of an ensemble (--average)
+    "jaxinterp_init_1": (*synth2d_config.SETTINGS, "simulator_seed=1001"),
+    "jaxinterp_init_2": (*synth2d_config.SETTINGS, "simulator_seed=1002"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",

@@ -354,3 +354,22 @@ def test_a_cosine_run_refuses_to_resume_with_more_steps(trained_classifier, tmp_
     more = tiny_config("simulator_optim.schedule='cosine'", "simulator_optim.steps=9")
     with pytest.raises(CheckpointMismatchError, match="steps"):
         train_simulator(more, workdir)
+
+
+def test_simulator_seed_gives_another_simulator_of_the_same_data(trained_classifier, tmp_path):
+    """``simulator_seed`` changes the simulator's initialisation and batches, nothing else:
+    equal to ``seed`` it is the default run; another value trains another simulator against
+    the same classifier, and a checkpoint of one refuses to resume as the other."""
+    src, _ = trained_classifier
+    losses = {}
+    for name, extra in (("default", ()), ("same", ("simulator_seed=0",)),
+                        ("other", ("simulator_seed=7",))):  # fmt: skip
+        workdir = _copy_classifier(src, tmp_path / name)
+        train_simulator(tiny_config(*extra), workdir)
+        lines = load_metrics(workdir / "simulator" / "metrics.jsonl")
+        losses[name] = np.array([line["loss"] for line in lines])
+    assert tiny_config().seed == 0
+    np.testing.assert_array_equal(losses["same"], losses["default"])
+    assert not np.allclose(losses["other"], losses["default"], rtol=1e-3)
+    with pytest.raises(CheckpointMismatchError, match="simulator_seed: checkpoint 7, now 8"):
+        train_simulator(tiny_config("simulator_seed=8"), tmp_path / "other")

@@ -57,6 +57,10 @@ class TrainConfig:
     simulator_optim: OptimConfig = OptimConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     seed: int = 0  # drives the data order, the split, initialisation and dropout
+    # The simulator's own initialisation, dropout and batch order, where it is not ``seed``:
+    # simulators trained with different values against one classifier (the data and split
+    # stay those of ``seed``) form an ensemble whose maps can be averaged.
+    simulator_seed: int | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype of the simulator
     keep_checkpoints: int = 3  # checkpoints kept per network
 

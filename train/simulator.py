@@ -39,8 +39,14 @@ def simulator_meta(config: TrainConfig) -> dict:
         "optim": optim_meta(config.simulator_optim),
         "dtype": config.dtype,
         "seed": config.seed,
+        "simulator_seed": simulator_seed(config),
     }
     return {"config": config_dict}
+
+
+def simulator_seed(config: TrainConfig) -> int:
+    """The seed of the simulator's initialisation, dropout and batch order."""
+    return config.seed if config.simulator_seed is None else config.simulator_seed
 
 
 def simulator_module(config: TrainConfig) -> Simulator:
@@ -52,7 +58,7 @@ def init_state(config: TrainConfig, sample: np.ndarray):
     model = simulator_module(config)
     x = jnp.asarray(sample[:2])
     variables = jax.jit(model.init)(  # one compilation, not one per parameter's initializer
-        {"params": jax.random.key(config.seed + 2), "dropout": jax.random.key(0)},
+        {"params": jax.random.key(simulator_seed(config) + 2), "dropout": jax.random.key(0)},
         x,
         jnp.array([INJECT, REMOVE]),
     )
@@ -65,7 +71,7 @@ def make_step(model: Simulator, classifier, optimizer, config: TrainConfig, mesh
 
     def step(state, batch):
         classifier_variables, controls, patients = batch
-        rng = jax.random.fold_in(jax.random.key(config.seed + 3), state["step"])
+        rng = jax.random.fold_in(jax.random.key(simulator_seed(config) + 3), state["step"])
         grad_fn = jax.value_and_grad(simulator_objective, has_aux=True)
         (_, (metrics, batch_stats)), grads = grad_fn(
             state["params"],
@@ -179,7 +185,7 @@ def train_simulator(
 
     def batch_fn(step):
         pick = lambda pool, stream: batch_indices(
-            pool, optim.batch_size, step, seed=config.seed, stream=stream
+            pool, optim.batch_size, step, seed=simulator_seed(config), stream=stream
         )[rows]
         put = lambda idx: parallel.put_batch(dataset.images[idx], mesh, optim.batch_size)
         return classifier_variables, put(pick(controls, 1)), put(pick(patients, 2))
