@@ -27,7 +27,7 @@ from jaxinterp.nn import Classifier
 from train.classifier import load_classifier, predict_logits, train_classifier
 from train.configs import synth2d as synth2d_config
 from train.datasets import load_dataset
-from train.evaluate import randomisation_passes
+from train.evaluate import randomisation_passes, spearman
 from train.reproduce import (
     saliency_maps,
     score,
@@ -270,16 +270,34 @@ def run_variant(run: Path, seed: int, name: str) -> dict:
 
 def average_of_variants(run: Path, seed: int, names: list[str]) -> dict:
     """Score the mean of several variants' patterns (an ensemble of simulators): does
-    averaging remove what one simulator gets wrong? Trains the variants that are missing."""
-    patterns = []
+    averaging remove what one simulator gets wrong? Trains the variants that are missing.
+
+    Returns the ensemble's scores (``ncc``), the image-as-map reference's
+    (``reference_image``), and per direction the Spearman correlation of the raw logits with
+    the mean of the members' simulated logits (``spearman_raw_simulated``): an ensemble
+    keeps the classifier's order when its members' mean shift does."""
+    workdir = run / f"seed{seed}"
+    config, dataset, images, labels, truth = seed_data(seed, names[0])
+    _, clf_vars = load_classifier(config, workdir, dataset.images)  # every member's classifier
+    logits = lambda x: np.asarray(predict_logits(Classifier(config.classifier), clf_vars, x))
+    patterns, simulated_logits = [], []
     for name in names:
-        config, dataset, images, labels, truth = seed_data(seed, name)
-        workdir = run / f"seed{seed}"
+        config = seed_data(seed, name)[0]
         sim_name = simulator_name(name)
         train_simulator(config, workdir, dataset=dataset, name=sim_name)
         model, variables = load_simulator(config, workdir, dataset.images, name=sim_name)
-        patterns.append(simulator_patterns(model, variables, images, labels)[0])
-    return score(np.mean(patterns, axis=0), truth, labels)
+        pattern, simulated, _ = simulator_patterns(model, variables, images, labels)
+        patterns.append(pattern)
+        simulated_logits.append(logits(simulated))
+    raw, mean_simulated = logits(images), np.mean(simulated_logits, axis=0)
+    return {
+        "ncc": score(np.mean(patterns, axis=0), truth, labels),
+        "reference_image": score(images[..., 0], truth, labels),
+        "spearman_raw_simulated": {
+            direction: spearman(raw[labels == label], mean_simulated[labels == label])
+            for label, direction in ((0, "inject"), (1, "remove"))
+        },
+    }
 
 
 def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
@@ -484,13 +502,21 @@ def main() -> None:
                     f.write(json.dumps(result) + "\n")
         return
     if args.average:
-        print("| seed | mean of | signed | absolute | inject (controls) | remove (patients) |")
-        print("|---|---|---|---|---|---|")
+        print("| seed | mean of | signed | absolute | inject (controls) | remove (patients) "
+              "| image reference | above it | Spearman inject / remove |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
         for seed in args.seeds:
-            n = average_of_variants(Path(args.run), seed, args.variants)
+            result = average_of_variants(Path(args.run), seed, args.variants)
+            n, ref, rho = result["ncc"], result["reference_image"], result["spearman_raw_simulated"]
+            gap = n["signed"]["mean"] - ref["signed"]["mean"]
             print(f"| {seed} | {', '.join(args.variants)} | {n['signed']['mean']:.3f} | "
                   f"{n['absolute']['mean']:.3f} | {n['signed_controls']['mean']:.3f} | "
-                  f"{n['signed_patients']['mean']:.3f} |")  # fmt: skip
+                  f"{n['signed_patients']['mean']:.3f} | {ref['signed']['mean']:.3f} | "
+                  f"{gap:+.3f} | {rho['inject']:.3f} / {rho['remove']:.3f} |")  # fmt: skip
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps({"seed": seed, "average_of": args.variants, **result}))
+                    f.write("\n")
         return
     if args.diagnose:
         for seed in args.seeds:
