@@ -135,6 +135,7 @@ def run(tmp_path_factory):
         "table": plus,
         "out": out,
         "cohort": cohort,
+        "cohort_table": table,
         "summary": summary,
         "labels": labels,
         "root": root,
@@ -526,6 +527,8 @@ def test_explain_from_command_line_arguments(run, tmp_path):
         *overrides,
     ]
     args = parser.parse_args(argv)
+    assert args.ensemble == []
+    assert parser.parse_args([*argv, "--ensemble", "5", "9"]).ensemble == [5, 9]
     summary = ex.run(args)
     assert summary["n_scans"] == 12 and summary["groups"] == {"control": 6, "patient": 6}
     assert json.loads(json.dumps(summary)) == summary  # JSON-ready for the command's output
@@ -547,3 +550,44 @@ def test_explain_from_command_line_arguments(run, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     for text in (ex.FIELD_DESCRIP, ex.NATIVE_FIELD_DESCRIP, ex.LVC_DESCRIP):
         assert len(text.encode("ascii")) <= 80
+
+
+def test_ensemble_maps_are_the_members_mean(run, tmp_path):
+    """``ensemble``: a second simulator (``simulator_seed=5``, folder ``simulator_seed5``)
+    joins the config's own; each scan's log volume change and logits are the mean of the
+    two members' own explain runs, the simulated image the first member's, and the group
+    map the mean of the ensemble's scan maps."""
+    config, workdir, table = run["config"], run["workdir"], run["table"]
+    member = load_config("brain3d_32", [*TINY, f"data.path='{run['cohort_table']}'",
+                                        "simulator_seed=5"])  # fmt: skip
+    train_simulator(member, workdir)
+    assert (workdir / "simulator_seed5").is_dir()
+    alone = ex.explain(member, workdir, table, tmp_path / "member", methods=(), evaluate=False)
+    assert alone["checkpoint_steps"]["simulator"] == 2
+    summary = ex.explain(config, workdir, table, tmp_path / "both", methods=(), ensemble=(5,))
+    assert summary["ensemble"] == ["simulator_seed5"]
+    assert set(summary["checkpoint_steps"]) == {"classifier", "simulator", "simulator_seed5"}
+    outs = {"first": run["out"], "member": tmp_path / "member", "both": tmp_path / "both"}
+    rows = {k: {r["scan_id"]: r for r in _rows(o / "scans.csv")} for k, o in outs.items()}
+    lvc = lambda k, i: _load(outs[k] / "scans" / i / "log_volume_change.nii.gz")[0]
+    differ = 0.0
+    for i, row in rows["both"].items():
+        first, other = lvc("first", i), lvc("member", i)
+        differ = max(differ, float(np.abs(first - other).max()))
+        np.testing.assert_allclose(lvc("both", i), (first + other) / 2, atol=1e-6)
+        for key in ("logit_simulated", "logit_cycled", "folding_fraction"):
+            want = (float(rows["first"][i][key]) + float(rows["member"][i][key])) / 2
+            assert float(row[key]) == pytest.approx(want, abs=1e-4)
+        assert float(row["logit_raw"]) == pytest.approx(float(rows["first"][i]["logit_raw"]))
+        simulated = _load(outs["both"] / "scans" / i / "simulated.nii.gz")[0]
+        np.testing.assert_allclose(
+            simulated, _load(outs["first"] / "scans" / i / "simulated.nii.gz")[0], atol=1e-6
+        )
+    assert differ > 1e-3  # two different simulators
+    ids = [i for i, r in rows["both"].items() if r["task"] == "inject"]
+    mean, _ = _load(outs["both"] / "group" / "log_volume_change_inject_mean.nii.gz")
+    np.testing.assert_allclose(mean, np.mean([lvc("both", i) for i in ids], 0), atol=1e-6)
+    with pytest.raises(ValueError, match="already a member"):
+        ex.explain(config, workdir, table, tmp_path / "o1", ensemble=(5, 0))
+    with pytest.raises(FileNotFoundError, match="simulator_seed6"):
+        ex.explain(config, workdir, table, tmp_path / "o2", ensemble=(6,))

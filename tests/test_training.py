@@ -358,18 +358,21 @@ def test_a_cosine_run_refuses_to_resume_with_more_steps(trained_classifier, tmp_
 
 def test_simulator_seed_gives_another_simulator_of_the_same_data(trained_classifier, tmp_path):
     """``simulator_seed`` changes the simulator's initialisation and batches, nothing else:
-    equal to ``seed`` it is the default run; another value trains another simulator against
-    the same classifier, and a checkpoint of one refuses to resume as the other."""
+    equal to ``seed`` it is the default run (folder ``simulator``); another value trains
+    another simulator against the same classifier, in ``simulator_seed{N}`` beside it, and
+    a checkpoint of one refuses to resume as the other."""
     src, _ = trained_classifier
     losses = {}
-    for name, extra in (("default", ()), ("same", ("simulator_seed=0",)),
-                        ("other", ("simulator_seed=7",))):  # fmt: skip
+    runs = (("default", (), "simulator"), ("same", ("simulator_seed=0",), "simulator"),
+            ("other", ("simulator_seed=7",), "simulator_seed7"))  # fmt: skip
+    for name, extra, folder in runs:
         workdir = _copy_classifier(src, tmp_path / name)
         train_simulator(tiny_config(*extra), workdir)
-        lines = load_metrics(workdir / "simulator" / "metrics.jsonl")
+        assert sorted(p.name for p in workdir.iterdir()) == ["classifier", folder]
+        lines = load_metrics(workdir / folder / "metrics.jsonl")
         losses[name] = np.array([line["loss"] for line in lines])
     assert tiny_config().seed == 0
     np.testing.assert_array_equal(losses["same"], losses["default"])
     assert not np.allclose(losses["other"], losses["default"], rtol=1e-3)
     with pytest.raises(CheckpointMismatchError, match="simulator_seed: checkpoint 7, now 8"):
-        train_simulator(tiny_config("simulator_seed=8"), tmp_path / "other")
+        train_simulator(tiny_config("simulator_seed=8"), tmp_path / "other", name="simulator_seed7")

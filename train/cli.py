@@ -22,7 +22,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(
         parser,
         workdir_help="output folder; running again with the same workdir resumes from its "
-        "last checkpoint (classifier in WORKDIR/classifier, simulator in WORKDIR/simulator)",
+        "last checkpoint (classifier in WORKDIR/classifier, simulator in WORKDIR/simulator, "
+        "or WORKDIR/simulator_seedN with --set simulator_seed=N)",
     )
 
 

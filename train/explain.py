@@ -41,6 +41,13 @@ and optionally the paper's group-level occlusion: an 8^3 window with stride 4 at
 scaled with the grid, filled with the mean control image (0 after z-scoring would light up
 the brain's edge), scored by the drop in the classifier's accuracy over the table's scans.
 
+Ensembles. With ``ensemble`` (``--ensemble SEED ...``), the simulators trained against the
+same classifier with those ``simulator_seed`` values (`train.simulator.simulator_folder`:
+``simulator_seed{N}`` in the workdir) join the config's own simulator: each scan's
+``log_volume_change`` map is the mean of the members' maps, and so are its logits
+(simulated and cycled) and folding fraction; ``max_displacement`` is the largest of the
+members'; the simulated image and the displacement field written are the first member's.
+
 Smoothing. With ``smooth_fwhm`` (mm, ``--smooth-fwhm``) every scan's maps (log volume
 change and saliency) are smoothed with a Gaussian kernel of that full width at half
 maximum (`nilearn.image.smooth_img`, the kernel in mm along each axis of the scan's
@@ -119,7 +126,7 @@ from train import loop
 from train.classifier import load_classifier
 from train.config import TrainConfig, add_config_arguments, to_dict
 from train.evaluate import evaluate_maps, region_use, score_map, spearman
-from train.simulator import load_simulator
+from train.simulator import load_simulator, simulator_folder, simulator_seed
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -247,6 +254,16 @@ def _simulate_fn(simulator, classifier):
         }
 
     return jax.jit(fn)
+
+
+def _ensemble_mean(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One `_simulate_fn` result from an ensemble's (see the module docstring)."""
+    out = dict(results[0])
+    if len(results) > 1:
+        for key in ("log_volume_change", "folding_fraction", "logit_simulated", "logit_cycled"):
+            out[key] = np.mean([r[key] for r in results], axis=0)
+        out["max_displacement"] = np.max([r["max_displacement"] for r in results], axis=0)
+    return out
 
 
 def _saliency_fn(classifier, methods: tuple[str, ...], ig_steps: int):
@@ -528,7 +545,8 @@ def explain(
     atlas: str | os.PathLike | None = None,
     atlas_names: Mapping[int, str] | str | os.PathLike | None = None,
     covariates: Sequence[str] = (),
-    simulator_name: str = "simulator",
+    simulator_name: str | None = None,
+    ensemble: Sequence[int] = (),
     evaluate: bool | None = None,
     labels: Mapping[str, int] | None = None,
     register_to_template: bool = False,
@@ -563,7 +581,12 @@ def explain(
       atlas_names: label -> region name, or a CSV/TSV with columns ``label``, ``name``.
       covariates: table columns to adjust the regional group test for (text columns are
         dummy-coded).
-      simulator_name: the simulator's folder in ``model_workdir``.
+      simulator_name: the simulator's folder in ``model_workdir`` (default
+        `simulator_folder`: ``simulator``, or ``simulator_seed{N}`` for a config with
+        another ``simulator_seed``).
+      ensemble: ``simulator_seed`` values of further simulators trained against the same
+        classifier (folders `simulator_folder`); each scan's maps are the members' mean
+        (see the module docstring).
       evaluate: score against the truth of a synthetic cohort: None = when the table is
         one, True = required (error otherwise), False = never.
       labels: label mapping passed to `read_table`.
@@ -591,6 +614,16 @@ def explain(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if ig_steps < 1:
         raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
+    simulator_name = simulator_name or simulator_folder(config)
+    members = [(simulator_name, config)]
+    for seed in ensemble:
+        member = dataclasses.replace(config, simulator_seed=int(seed))
+        if int(seed) in (simulator_seed(c) for _, c in members):
+            raise ValueError(
+                f"ensemble: simulator seed {seed} is already a member (the config's own "
+                f"simulator has seed {simulator_seed(config)}); give each member once"
+            )
+        members.append((simulator_folder(member), member))
     if not (math.isfinite(smooth_fwhm) and smooth_fwhm >= 0):
         raise ValueError(f"smooth_fwhm must be a FWHM in mm >= 0, got {smooth_fwhm}")
     shape = tuple(int(s) for s in config.data.shape)
@@ -623,6 +656,7 @@ def explain(
     steps = {
         "classifier": loop.final_step(model_workdir / "classifier"),
         "simulator": loop.final_step(model_workdir / simulator_name),
+        **{name: loop.final_step(model_workdir / name) for name, _ in members[1:]},
     }
     classifier, clf_variables = load_classifier(
         config, model_workdir, sample, step=steps["classifier"]
@@ -630,6 +664,10 @@ def explain(
     simulator, sim_variables = load_simulator(
         config, model_workdir, sample, name=simulator_name, step=steps["simulator"]
     )
+    member_variables = [sim_variables] + [
+        load_simulator(c, model_workdir, sample, name=name, step=steps[name])[1]
+        for name, c in members[1:]
+    ]
 
     scans = read_table(table_path, labels=labels)
     cohort = _find_truth(table_path, scans)  # a synthetic cohort, in MNI space
@@ -686,7 +724,7 @@ def explain(
             affine=affine,
             control_mean=control_mean,
             split=split,
-            models=(simulator, sim_variables, classifier, clf_variables),
+            models=(simulator, member_variables, classifier, clf_variables),
             native=native,
             batch_size=batch_size,
             methods=methods,
@@ -706,6 +744,7 @@ def explain(
             out_dir=str(out_dir),
             model_workdir=str(model_workdir.resolve()),
             simulator_name=simulator_name,
+            ensemble=[name for name, _ in members[1:]],
             checkpoint_steps=steps,
             table=str(table_path.resolve()),
             grids_differ=bool(grids_differ),
@@ -780,7 +819,7 @@ def _explain_into(
     to_tpl: _ToTemplate | None = None,
     smooth_fwhm: float = 0.0,
 ) -> dict[str, Any]:
-    simulator, sim_variables, classifier, clf_variables = models
+    simulator, member_variables, classifier, clf_variables = models
     smooth = _smoother(smooth_fwhm)
     smoothed = f", smoothed FWHM {smooth_fwhm:g} mm" if smooth_fwhm else ""
     shape = images.shape[1:]
@@ -836,9 +875,10 @@ def _explain_into(
     progress = tqdm(total=n, desc="explain", unit="scan", disable=None)
     for idx, padded in _batches(n, batch_size):
         batch = jnp.asarray(images[padded])
-        result = jax.device_get(
-            simulate_fn(sim_variables, clf_variables, batch, jnp.asarray(tasks[padded]))
-        )
+        result = _ensemble_mean(
+            [jax.device_get(simulate_fn(v, clf_variables, batch, jnp.asarray(tasks[padded])))
+             for v in member_variables]
+        )  # fmt: skip
         maps = jax.device_get(saliency_fn(clf_variables, batch, baseline)) if methods else {}
         # What the group maps average: the maps themselves, or brought to the template.
         group_lvc, group_saliency = result["log_volume_change"], maps
@@ -1371,8 +1411,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--simulator-name",
-        default="simulator",
-        help="the simulator's folder in WORKDIR (default simulator)",
+        default=None,
+        help="the simulator's folder in WORKDIR (default simulator, or simulator_seedN "
+        "with --set simulator_seed=N)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="SEED",
+        help="also the simulators trained with these simulator_seed values (folders "
+        "simulator_seedN); each scan's maps are the members' mean",
     )
     parser.add_argument(
         "--register",
@@ -1415,6 +1465,7 @@ def run(args: argparse.Namespace) -> dict:
         atlas_names=args.atlas_names,
         covariates=args.covariates,
         simulator_name=args.simulator_name,
+        ensemble=args.ensemble,
         register_to_template=args.register,
         template=args.template,
         registration=RegistrationConfig(steps=args.register_steps),

@@ -49,6 +49,13 @@ def simulator_seed(config: TrainConfig) -> int:
     return config.seed if config.simulator_seed is None else config.simulator_seed
 
 
+def simulator_folder(config: TrainConfig) -> str:
+    """The simulator's folder in its workdir: ``simulator``, or ``simulator_seed{N}`` for a
+    ``simulator_seed`` other than ``seed`` (a member of an ensemble beside the first)."""
+    seed = simulator_seed(config)
+    return "simulator" if seed == config.seed else f"simulator_seed{seed}"
+
+
 def simulator_module(config: TrainConfig) -> Simulator:
     """The simulator network of ``config``, in its compute dtype."""
     return Simulator(config.simulator, dtype=DTYPES[config.dtype])
@@ -158,12 +165,12 @@ def train_simulator(
     *,
     dataset: Dataset | None = None,
     mesh=None,
-    name: str = "simulator",
+    name: str | None = None,
 ) -> dict:
     """Train (or resume) the simulator in ``workdir/simulator`` against the classifier
     trained in ``workdir/classifier``, which stays frozen (inference mode, no gradient).
     ``name`` is the simulator's folder in ``workdir`` (several simulators, e.g. ablations,
-    can explain one classifier).
+    can explain one classifier); by default `simulator_folder`.
 
     Each step takes ``batch_size`` training controls (disease injected) and as many
     training patients (disease removed). Writes ``checkpoints/``, ``metrics.jsonl`` and
@@ -171,7 +178,7 @@ def train_simulator(
     """
     parallel.initialize_distributed()
     root = Path(workdir)
-    workdir = root / name
+    workdir = root / (name or simulator_folder(config))
     dataset = dataset if dataset is not None else load_dataset(config.data, seed=config.seed)
     classifier, classifier_variables = load_classifier(config, root, dataset.images)
     mesh = mesh if mesh is not None else parallel.make_mesh()
@@ -216,18 +223,18 @@ def load_simulator(
     workdir: str | Path,
     sample: np.ndarray,
     *,
-    name: str = "simulator",
+    name: str | None = None,
     step: int | None = None,
 ):
-    """The trained simulator of ``workdir/NAME`` as ``(module, variables)``: its latest
-    checkpoint, or the one at ``step``."""
+    """The trained simulator of ``workdir/NAME`` (by default `simulator_folder`) as
+    ``(module, variables)``: its latest checkpoint, or the one at ``step``."""
     model = simulator_module(config)
     template = loop.state_shapes(lambda: init_state(config, sample)[1])
-    directory = Path(workdir) / name
+    directory = Path(workdir) / (name or simulator_folder(config))
     state = loop.restore_final(
         directory, template, simulator_meta(config), command="train-simulator", step=step
     )
     return model, variables_of(state)
 
 
-__all__ = ["load_simulator", "simulate", "train_simulator"]
+__all__ = ["load_simulator", "simulate", "simulator_folder", "train_simulator"]
