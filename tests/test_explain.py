@@ -587,6 +587,8 @@ def test_ensemble_maps_are_the_members_mean(run, tmp_path):
     ids = [i for i, r in rows["both"].items() if r["task"] == "inject"]
     mean, _ = _load(outs["both"] / "group" / "log_volume_change_inject_mean.nii.gz")
     np.testing.assert_allclose(mean, np.mean([lvc("both", i) for i in ids], 0), atol=1e-6)
+    page = rp.report(outs["both"], tmp_path / "report").read_text()
+    assert "ensemble members `simulator_seed5`, maps averaged" in page
     with pytest.raises(ValueError, match="already a member"):
         ex.explain(config, workdir, table, tmp_path / "o1", ensemble=(5, 0))
     with pytest.raises(FileNotFoundError, match="simulator_seed6"):
