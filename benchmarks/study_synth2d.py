@@ -282,7 +282,7 @@ def average_of_variants(run: Path, seed: int, names: list[str]) -> dict:
     logits = lambda x: np.asarray(predict_logits(Classifier(config.classifier), clf_vars, x))
     patterns, simulated_logits = [], []
     for name in names:
-        config = seed_data(seed, name)[0]
+        config = seed_config(seed, quick=False, extra=VARIANTS[name])  # seed_data's config
         sim_name = simulator_name(name)
         train_simulator(config, workdir, dataset=dataset, name=sim_name)
         model, variables = load_simulator(config, workdir, dataset.images, name=sim_name)

@@ -265,13 +265,17 @@ def _page(
     link = lambda p: os.path.relpath(explain_dir / p, out_dir)
     groups = summary.get("groups", {})
     members = summary.get("ensemble") or []
-    ensemble = f" and the ensemble members {', '.join(f'`{m}`' for m in members)}, maps averaged"
+    ensemble = (
+        f" and the ensemble members {', '.join(f'`{m}`' for m in members)}, maps averaged"
+        if members
+        else ""
+    )
     lines = [
         "# jaxinterp explanation report\n",
         f"- scan table: `{summary.get('table')}` ({summary.get('n_scans')} scans: "
         f"{groups.get('control', 0)} controls, {groups.get('patient', 0)} patients)",
         f"- models: `{summary.get('model_workdir')}` (simulator "
-        f"`{summary.get('simulator_name')}`{ensemble if members else ''}), model grid "
+        f"`{summary.get('simulator_name')}`{ensemble}), model grid "
         f"{summary.get('shape')}",
         f"- explain output: `{explain_dir.resolve()}` ([explain.json]({link(MANIFEST)}), "
         f"[scans.csv]({link('scans.csv')}))",
