@@ -66,6 +66,9 @@ class SimulatorConfig:
     coordinates: bool = False  # feed each voxel's position (in [-1, 1] per axis) as channels
     zero_init_output: bool = False  # output layer starts at 0: G starts as the identity
     head_layers: int = 0  # residual conv layers at full resolution before the output layer
+    # Field outputs: the warp's backward pass is written out whole before the output layer's
+    # backward reductions read it (`gradient_barrier`); changes speed only, not the function.
+    field_barrier: bool = False
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
@@ -88,6 +91,17 @@ class SimulatorOutput(NamedTuple):
     displacement: jax.Array | None  # the pull-back field (N, *spatial, ndim); None for images
     log_gain: jax.Array | None = None  # a "gain" output's log scale per voxel (N, *spatial, C)
     growth: jax.Array | None = None  # a "volume" output's log volume change rate (N, *spatial)
+
+
+@jax.custom_vjp
+def gradient_barrier(x: jax.Array) -> jax.Array:
+    """The identity, whose cotangent passes ``jax.lax.optimization_barrier``: XLA computes
+    the gradient arriving here as one array, and fuses none of its producers into the
+    operations that consume it (the layers before)."""
+    return x
+
+
+gradient_barrier.defvjp(lambda x: (x, None), lambda _, g: (jax.lax.optimization_barrier(g),))
 
 
 def _upsample(x: jax.Array) -> jax.Array:
@@ -233,6 +247,8 @@ class Simulator(nn.Module):
         if cfg.output == "gain":
             log_gain = GAIN_LIMIT * jnp.tanh(out / GAIN_LIMIT)  # |log gain| < GAIN_LIMIT
             return SimulatorOutput((x * jnp.exp(log_gain)).astype(x.dtype), None, log_gain)
+        if cfg.field_barrier:
+            out = gradient_barrier(out)
         field = out
         growth = out[..., 0] if cfg.output == "volume" else None
         if growth is not None:
