@@ -76,6 +76,7 @@ from jaxinterp.interop import (  # noqa: E402
     simulator_variables_from_torch,
 )
 from jaxinterp.nn import Classifier, ClassifierConfig, Simulator, SimulatorConfig  # noqa: E402
+from jaxinterp.nn.condconv import resolve_implementation  # noqa: E402
 
 TORCH_VARIANTS = ("loop", "batched")
 DELTA, LAMBDA_PHI, LEARNING_RATE = 12.5, 0.02, 1e-4
@@ -255,7 +256,8 @@ class Bench:
         extra fields for the record."""
         m = median_time(fn, jax.block_until_ready, self.args.repeats)
         result = m.pop("result")
-        row = {**base, "framework": "jax", "variant": self.args.condconv, **m}
+        variant = resolve_implementation(self.args.condconv)
+        row = {**base, "framework": "jax", "variant": variant, **m}
         self.record({**row, "peak_bytes": self.jax_memory(), **(check(result) if check else {})})
         return result
 
@@ -464,9 +466,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--condconv",
-        choices=("experts", "per_example"),
-        default="experts",
-        help="jaxinterp's CondConv implementation",
+        choices=("auto", "experts", "per_example"),
+        default="auto",
+        help="jaxinterp's CondConv implementation (auto: experts on CPUs, per-example elsewhere)",
     )
     parser.add_argument(
         "--ops", nargs="+", choices=OPS, default=list(OPS), help="what to time (default: all)"
@@ -515,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {info['cpu']}, {info['cores']} cores; GPU: {info['gpu'] or 'none'}; "
         f"JAX on {info['jax_devices'][0]}, torch on {bench.device}; dtype {args.dtype}, "
         f"precision {args.precision}; "
-        f"JAX CondConv {args.condconv}"
+        f"JAX CondConv {resolve_implementation(args.condconv)}"
     )
     print(", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print()

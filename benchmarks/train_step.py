@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.nn import ClassifierConfig, SimulatorConfig
+from jaxinterp.nn.condconv import resolve_implementation
 from train import parallel
 from train.classifier import init_state as init_classifier
 from train.classifier import make_step as make_classifier_step
@@ -149,7 +150,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--condconv", choices=["experts", "per_example"], default="experts")
+    parser.add_argument("--condconv", choices=["auto", "experts", "per_example"], default="auto")
     parser.add_argument("--out", help="append JSON lines to this file")
     args = parser.parse_args()
     if args.overrides and not args.config:
@@ -183,7 +184,7 @@ def main() -> None:
             "config": args.config or "paper_3d",
             "size": "x".join(map(str, config.data.shape)),
             "dtype": config.dtype,
-            "condconv": config.simulator.condconv_implementation,
+            "condconv": resolve_implementation(config.simulator.condconv_implementation),
         }
         record({**common, **time_simulator(config, args.repeats)})
     if args.config:

@@ -95,6 +95,22 @@ def test_task_changes_output_and_implementations_agree():
     np.testing.assert_allclose(np.asarray(b.apply(v, x, jnp.ones(2))), np.asarray(out1), atol=1e-5)
 
 
+def test_auto_implementation_follows_the_backend(monkeypatch):
+    """``"auto"`` computes experts on CPUs and per-example elsewhere: the same function."""
+    from jaxinterp.nn import condconv
+
+    assert condconv.resolve_implementation("auto") == "experts"  # the tests run on CPUs
+    monkeypatch.setattr(condconv.jax, "default_backend", lambda: "gpu")
+    assert condconv.resolve_implementation("auto") == "per_example"
+    assert condconv.resolve_implementation("experts") == "experts"
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 6, 6, 6, 2)), jnp.float32)
+    v = _init(CondConv(4), x, jnp.zeros(2))
+    on_gpu_path = CondConv(4).apply(v, x, jnp.array([0.0, 1.0]))  # per-example now
+    monkeypatch.undo()
+    experts = CondConv(4, implementation="experts").apply(v, x, jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(np.asarray(on_gpu_path), np.asarray(experts), atol=1e-5)
+
+
 def test_jit_equals_eager_and_dropout_needs_rng():
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)

@@ -65,14 +65,16 @@ def test_classifier_outputs(trained_classifier):
     assert json.loads((workdir / "classifier" / "summary.json").read_text()) == summary
 
 
-def test_same_loss_curve_on_1_and_4_devices(trained_classifier, tmp_path):
+@pytest.mark.parametrize("condconv", ["experts", "per_example"])  # CPU's and GPU's "auto"
+def test_same_loss_curve_on_1_and_4_devices(trained_classifier, tmp_path, condconv):
     src, _ = trained_classifier
     assert jax.device_count() == 4
+    config = tiny_config(f"simulator.condconv_implementation={condconv}")
     curves = {}
     for n in (1, 4):
         workdir = _copy_classifier(src, tmp_path / f"d{n}")
         mesh = parallel.make_mesh(jax.devices()[:n])
-        train_simulator(tiny_config(), workdir, mesh=mesh)
+        train_simulator(config, workdir, mesh=mesh)
         curves[n] = [line["loss"] for line in load_metrics(workdir / "simulator" / "metrics.jsonl")]
     assert len(curves[1]) == 6
     # The batch is split over 4 devices; BatchNorm and the loss see the global batch, so

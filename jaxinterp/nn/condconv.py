@@ -4,7 +4,11 @@
 (paper eq. 3-4, K experts). Convolution is linear in its kernel, so mixing the K kernels
 per example (``implementation="per_example"``) and mixing the K experts' outputs
 (``implementation="experts"``) compute the same function; they differ only in speed.
-Neither loops over the batch in Python.
+Neither loops over the batch in Python. ``"auto"`` (the default) takes the faster on the
+backend that runs it: experts on CPUs (XLA's CPU grouped 3D convolution is slow: 10.3 s
+against 3.3 s per paper training step at 32^3, batch 4, 2 cores), per-example elsewhere
+(one H200, 64^3, batch 8: 41.5 ms against 61.6 ms per step; benchmarks/RESULTS.md
+section 2).
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ def conv_nd(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, (1,) * ndim, "SAME", dimension_numbers=dims)
 
 
+def resolve_implementation(implementation: str) -> str:
+    """``"auto"`` -> ``"experts"`` on the CPU backend, ``"per_example"`` on any other (GPU,
+    TPU); the two others unchanged."""
+    if implementation == "auto":
+        return "experts" if jax.default_backend() == "cpu" else "per_example"
+    return implementation
+
+
 class CondConv(nn.Module):
     """Conditional convolution, 2D or 3D by the rank of its input.
 
@@ -46,7 +58,7 @@ class CondConv(nn.Module):
     num_experts: int = 3  # K
     routing_dropout: float = 0.1  # dropout on the pooled features before routing (training only)
     bias: Literal["shared", "mixed", "none"] = "shared"
-    implementation: Literal["experts", "per_example"] = "experts"
+    implementation: Literal["auto", "experts", "per_example"] = "auto"
     dtype: Any = None  # compute dtype of the convolution (e.g. jnp.bfloat16); None = input's
     param_dtype: Any = jnp.float32
     kernel_init: Any = expert_kernel_init  # initializer of the (K, *window, C_in, C_out) kernels
@@ -82,12 +94,13 @@ class CondConv(nn.Module):
 
         dtype = self.dtype or x.dtype
         xc = x.astype(dtype)
-        if self.implementation == "experts":
+        implementation = resolve_implementation(self.implementation)
+        if implementation == "experts":
             stacked = jnp.moveaxis(kernel, 0, -2).reshape(*window, cin, -1)  # (*w, Cin, K*Cout)
             y = conv_nd(xc, stacked.astype(dtype))
             y = y.reshape(*y.shape[:-1], self.num_experts, self.features)
             y = jnp.einsum("n...kc,nk->n...c", y, alpha.astype(dtype))
-        elif self.implementation == "per_example":
+        elif implementation == "per_example":
             kernels = jnp.einsum("nk,k...->n...", alpha, kernel).astype(dtype)
             y = jax.vmap(lambda xi, wi: conv_nd(xi[None], wi)[0])(xc, kernels)
         else:

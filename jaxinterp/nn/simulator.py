@@ -57,7 +57,9 @@ class SimulatorConfig:
     num_experts: int = 3  # CondConv experts K
     routing_dropout: float = 0.1  # CondConv routing dropout (training only)
     condconv_bias: Literal["shared", "mixed"] = "shared"  # original: one bias for all experts
-    condconv_implementation: Literal["experts", "per_example"] = "experts"
+    # how CondConv computes (the same function): "auto" = the faster on the backend that runs
+    # it (`jaxinterp.nn.condconv.resolve_implementation`)
+    condconv_implementation: Literal["auto", "experts", "per_example"] = "auto"
     separate_networks: bool = False  # ablation: two plain-conv networks, one per task
     batch_norm: bool = True  # BatchNorm in the encoder and decoder stacks
     negative_slope: float = 0.1  # LeakyReLU slope
@@ -67,8 +69,11 @@ class SimulatorConfig:
     zero_init_output: bool = False  # output layer starts at 0: G starts as the identity
     head_layers: int = 0  # residual conv layers at full resolution before the output layer
     # Field outputs: the warp's backward pass is written out whole before the output layer's
-    # backward reductions read it (`gradient_barrier`); changes speed only, not the function.
-    field_barrier: bool = False
+    # backward reductions read it (`gradient_barrier`). Speed only, not the function: without
+    # it XLA fused the warp's and the smoothness term's backward into the output bias's
+    # gradient reduction, two kernels of 8 ms per paper step on an H200 (64^3, batch 8,
+    # 76.9 -> 61.6 ms; benchmarks/RESULTS.md section 2).
+    field_barrier: bool = True
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
