@@ -17,7 +17,7 @@
 #       "vol64:3000:simulator.output='volume';simulator.head_layers=1;objective.volume_weight=5.0;objective.lambda_phi=0.1"
 #
 # SIZE, N and CONFIG override 64, 200 and brain3d_64 for the cohort written (a CPU smoke test
-# with a trained brain3d_32 classifier, about 10 minutes on 2 cores: SIZE=32 N=4
+# with a trained brain3d_32 classifier, 2 minutes on 2 cores: SIZE=32 N=4
 # CONFIG=brain3d_32 CLASSIFIER=runs/b32_base EXPLAIN_RESERVE=400 benchmarks/study64.sh
 # /tmp/s64 700 a:2).
 set -u
