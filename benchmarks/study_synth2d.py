@@ -227,6 +227,9 @@ VARIANTS = {
     # simulator, against the same classifier: members of an ensemble (--average)
     "jaxinterp_init_1": (*synth2d_config.SETTINGS, "simulator_seed=1001"),
     "jaxinterp_init_2": (*synth2d_config.SETTINGS, "simulator_seed=1002"),
+    # the synth2d config computed in bfloat16 (float32 parameters): does the speed of
+    # bfloat16 on accelerators (benchmarks/RESULTS.md section 2) cost explanation quality?
+    "jaxinterp_bf16": (*synth2d_config.SETTINGS, "dtype='bfloat16'"),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",

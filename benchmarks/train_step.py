@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxinterp.nn import ClassifierConfig, SimulatorConfig
 from jaxinterp.nn.condconv import resolve_implementation
+from jaxinterp.synth2d import make_synth2d
 from train import parallel
 from train.classifier import init_state as init_classifier
 from train.classifier import make_step as make_classifier_step
@@ -75,12 +76,19 @@ def median_steps(step: Callable, state, batch, repeats: int) -> tuple[dict, dict
     return timing, metrics
 
 
+def image_shape(config: TrainConfig) -> tuple[int, ...]:
+    """The spatial shape the config's networks see: synth2d's images, else ``data.shape``."""
+    if config.data.kind == "synth2d":
+        return make_synth2d(n_per_group=1, seed=0)["images"].shape[1:-1]
+    return tuple(config.data.shape)
+
+
 def volumes(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
     return rng.normal(size=(n, *shape, 1)).astype(np.float32)
 
 
 def time_simulator(config: TrainConfig, repeats: int) -> dict:
-    batch, shape = config.simulator_optim.batch_size, tuple(config.data.shape)
+    batch, shape = config.simulator_optim.batch_size, image_shape(config)
     rng = np.random.default_rng(0)
     sample = volumes(rng, 2, shape)
     mesh = parallel.make_mesh()
@@ -102,7 +110,7 @@ def time_simulator(config: TrainConfig, repeats: int) -> dict:
 
 
 def time_classifier(config: TrainConfig, repeats: int) -> dict:
-    batch, shape = config.classifier_optim.batch_size, tuple(config.data.shape)
+    batch, shape = config.classifier_optim.batch_size, image_shape(config)
     rng = np.random.default_rng(1)
     mesh = parallel.make_mesh()
     model, state, optimizer = init_classifier(config, volumes(rng, 2, shape))
@@ -182,7 +190,7 @@ def main() -> None:
     for config in configs:
         common = {
             "config": args.config or "paper_3d",
-            "size": "x".join(map(str, config.data.shape)),
+            "size": "x".join(map(str, image_shape(config))),
             "dtype": config.dtype,
             "condconv": resolve_implementation(config.simulator.condconv_implementation),
         }

@@ -16,10 +16,12 @@ log volume change (RESULTS.md section 3); not yet tried at 64^3: `--set
 objective.volume_weight=5.0 --set objective.lambda_phi=0.1 --set simulator.output='volume'`
 (and with it the full-resolution head of `brain3d_32`, `--set simulator.head_layers=1`).
 
-Expected run time on one H100 (measured: `python benchmarks/train_step.py --config
-brain3d_64 --repeats 20`, benchmarks/RESULTS.md section 2): 6000 simulator steps of
-122-124 ms, 12.2-12.4 min, and 2000 classifier steps of 12.2-12.5 ms, 0.4 min, plus the
-cohort's generation, evaluations and checkpoints.
+Expected run time on one H200 (measured: `python benchmarks/train_step.py --config
+brain3d_64 --repeats 20`, benchmarks/RESULTS.md section 2): 6000 simulator steps of 67.9 ms,
+6.8 min, and 2000 classifier steps of 10.3 ms, 0.3 min, plus the cohort's generation,
+evaluations and checkpoints (on an H100, before the per-example CondConv became the
+accelerators' default: 122-124 ms a simulator step). `benchmarks/study64.sh` trains several
+settings side by side at this size in one accelerator call.
 """
 
 import dataclasses
