@@ -1,0 +1,38 @@
+"""benchmarks/map_profile3d.py: a map's change by distance from a region, against NumPy."""
+
+import numpy as np
+
+from benchmarks.map_profile3d import distance_profile
+
+
+def test_profile_bands_and_far_ripple():
+    shape = (12, 12, 12)
+    region = np.zeros(shape, bool)
+    region[5:7, 5:7, 5:7] = True
+    brain = np.ones(shape, bool)
+    brain[0] = False
+    truth = np.zeros(shape)
+    truth[4:8, 4:8, 4:8] = 0.5  # the region and the 1-voxel shell (and its edges/corners)
+    truth[region] = 1.0
+    p = distance_profile(truth, truth, brain, region)
+    assert [b["voxels"] for b in p["bands"]][0] == 8
+    assert sum(b["voxels"] for b in p["bands"]) == brain.sum()
+    np.testing.assert_allclose(sum(b["share"] for b in p["bands"]), 1.0)
+    np.testing.assert_allclose(p["bands"][0]["mean"], 1.0)
+    np.testing.assert_allclose(p["ncc"], 1.0)
+    # A ripple far from the region lowers the NCC; zeroing the far band takes it out again.
+    rng = np.random.default_rng(0)
+    distance = np.sqrt(sum((np.indices(shape)[k] - 5.5) ** 2 for k in range(3)))
+    far = brain & (distance > 6)
+    rippled = truth + np.where(far, 0.3 * rng.normal(size=shape), 0.0)
+    q = distance_profile(rippled, truth, brain, region)
+    assert q["ncc"] < 0.95
+    np.testing.assert_allclose(q["ncc_far_zeroed"], 1.0, atol=1e-6)
+    assert q["far_std"] > 0.1 and p["far_std"] == 0.0
+    # every band by hand: the Euclidean distance to the cube [5, 6]^3 from its per-axis gaps
+    gaps = np.maximum(0, np.maximum(5 - np.indices(shape), np.indices(shape) - 6))
+    distance = np.sqrt((gaps**2).sum(0))
+    for band, (lo, hi) in zip(p["bands"], [(0, 0.5), (0.5, 1.5), (1.5, 2.5), (2.5, 3.5)]):
+        inside = brain & (distance >= lo) & (distance < hi)
+        assert band["voxels"] == inside.sum()
+        np.testing.assert_allclose(band["mean"], truth[inside].mean())
