@@ -11,8 +11,9 @@ every variant. A variant is ``+``-joined tokens:
 * ``experts`` / ``per_example``: ``SimulatorConfig.condconv_implementation``;
 * ``bf16``: convolutions and dense layers computed in bfloat16 (float32 parameters);
 * ``barrier``: the simulator's field passes ``jaxinterp.nn.simulator.gradient_barrier``
-  before the warp (``SimulatorConfig.field_barrier``), so the warp's backward pass is
-  written out before the output layer's backward reductions read it.
+  before the warp (``SimulatorConfig.field_barrier``, the library's default; a variant
+  without this token runs without it), so the warp's backward pass is written out before
+  the output layer's backward reductions read it.
 
 Per variant: median step and forward times (after a compiling warm-up), the first step's
 loss and the forward field's largest difference from the first variant (the same function,
