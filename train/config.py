@@ -61,7 +61,9 @@ class TrainConfig:
     # simulators trained with different values against one classifier (the data and split
     # stay those of ``seed``) form an ensemble whose maps can be averaged.
     simulator_seed: int | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype of the simulator
+    # compute dtype of the simulator. bfloat16 is 1.7x faster on an H200 but broke a
+    # brain3d_32 simulator (inject map of the wrong sign; benchmarks/RESULTS.md section 3)
+    dtype: Literal["float32", "bfloat16"] = "float32"
     keep_checkpoints: int = 3  # checkpoints kept per network
 
 
