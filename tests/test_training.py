@@ -299,6 +299,13 @@ def test_settings_added_after_a_checkpoint_do_not_block_resuming():
     assert _differences(saved, {"config": {"objective": {"delta": 6.0}}}) == [
         "config.objective.delta: checkpoint 5.0, now 6.0"
     ]
+    # How CondConv computes, and the gradient barrier, change speed only: a checkpoint of
+    # the old default (experts) restores under "auto", on any backend, and the other way.
+    old = {"simulator": {"condconv_implementation": "experts", "field_barrier": False}}
+    for now in ("auto", "per_example"):
+        new = {"simulator": {"condconv_implementation": now, "field_barrier": True}}
+        assert _differences(old, new) == [] and _differences({"config": old}, {"config": new}) == []
+    assert _differences({"simulator": {"head_layers": 1}}, {"simulator": {"head_layers": 2}})
 
 
 def test_cosine_schedule_follows_its_formula_and_pins_the_step_count():

@@ -72,13 +72,21 @@ class Checkpoints:
         self._manager.close()
 
 
+# Settings that change how fast the same function is computed, not the function or its
+# parameters: a checkpoint restores whatever they were when it was written (one trained on a
+# GPU with the per-example CondConv explains on a CPU with experts, and the checkpoints
+# written before "auto" became the default stay usable).
+SPEED_ONLY = ("simulator.condconv_implementation", "simulator.field_barrier")
+
+
 def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     """Settings that differ. A setting the checkpoint does not record at all is a config
     field added after it was written: it is not counted (the field's default is expected
-    to keep the old behaviour)."""
+    to keep the old behaviour); nor are the ``SPEED_ONLY`` settings."""
     out = []
     for key in sorted(set(saved) | set(wanted)):
-        if key not in saved:
+        path = f"{prefix}{key}"
+        if key not in saved or any(path == s or path.endswith("." + s) for s in SPEED_ONLY):
             continue
         a, b = saved.get(key), wanted.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
