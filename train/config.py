@@ -61,8 +61,9 @@ class TrainConfig:
     # simulators trained with different values against one classifier (the data and split
     # stay those of ``seed``) form an ensemble whose maps can be averaged.
     simulator_seed: int | None = None
-    # compute dtype of the simulator. bfloat16 is 1.7x faster on an H200 but broke a
-    # brain3d_32 simulator (inject map of the wrong sign; benchmarks/RESULTS.md section 3)
+    # compute dtype of the simulator's convolutions and dense layers (BatchNorm stays
+    # float32). bfloat16: 1.7x faster on an H200; one run each in 2D and 3D scored within
+    # the spread of float32 runs (benchmarks/RESULTS.md sections 3 and 4)
     dtype: Literal["float32", "bfloat16"] = "float32"
     keep_checkpoints: int = 3  # checkpoints kept per network
 

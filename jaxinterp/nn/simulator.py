@@ -156,11 +156,11 @@ class UNet(nn.Module):
 
         def norm_act(name: str, h: jax.Array) -> jax.Array:
             if cfg.batch_norm:
-                h = nn.BatchNorm(
+                h = nn.BatchNorm(  # in float32 whatever the compute dtype (mixed precision)
                     use_running_average=not train,
                     momentum=0.9,
                     epsilon=1e-5,
-                    dtype=self.dtype,
+                    dtype=jnp.float32,
                     name=name,
                 )(h)
             return nn.leaky_relu(h, cfg.negative_slope)
