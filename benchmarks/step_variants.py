@@ -27,7 +27,6 @@ ran (``hlo_op``); with ``XLA_FLAGS=--xla_dump_to=DUMP --xla_dump_hlo_as_text`` s
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import os
@@ -45,7 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.compare_torch import jax_functions, median_time  # noqa: E402
-from benchmarks.trace_summary import device_events, load  # noqa: E402
+from benchmarks.trace_summary import summarise  # noqa: E402
 from jaxinterp.nn import Classifier, ClassifierConfig, Simulator, SimulatorConfig  # noqa: E402
 
 TOKENS = {"experts", "per_example", "bf16", "barrier"}
@@ -64,28 +63,6 @@ def parse_variant(name: str) -> tuple[SimulatorConfig, object]:
         field_barrier="barrier" in tokens,
     )
     return config, (jnp.bfloat16 if "bf16" in tokens else None)
-
-
-def slow_kernels(trace: Path, top: int) -> list[dict]:
-    """The ``top`` device operations by time per step, with the XLA operation of each."""
-    total = collections.Counter()
-    count = collections.Counter()
-    hlo_op = {}
-    for event in device_events(load(trace)):
-        name = event["name"]
-        total[name] += float(event.get("dur", 0))
-        count[name] += 1
-        args = event.get("args", {})
-        hlo_op.setdefault(name, args.get("hlo_op") or args.get("long_name") or "")
-    return [
-        {
-            "kernel": name[:100],
-            "hlo_op": hlo_op[name],
-            "ms_per_step": t / 1e3 / PROFILE_STEPS,
-            "calls_per_step": count[name] / PROFILE_STEPS,
-        }
-        for name, t in total.most_common(top)
-    ]
 
 
 def fusion_text(dump: Path, op: str, limit: int = 4000) -> str:
@@ -158,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         field = np.asarray(fwd.pop("result")[1], np.float32)
         if reference is None:
             reference = field
-        stats = device.memory_stats() or {}
+        memory = device.memory_stats() or {}
         row = {
             "variant": name,
             "size": args.size,
@@ -168,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             "step_compile_s": timed_step["first_call_s"],
             "first_loss": float(timed_step["result"][0]),
             "field_max_abs_diff_vs_first": float(np.abs(field - reference).max()),
-            "peak_bytes_so_far": stats.get("peak_bytes_in_use"),
+            "peak_bytes_so_far": memory.get("peak_bytes_in_use"),
             "wall_s": round(time.perf_counter() - start, 1),
         }
         if args.profile:
@@ -177,12 +154,13 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(PROFILE_STEPS):
                     jax.block_until_ready(step())
             traces = sorted(trace_dir.glob("plugins/profile/*/perfetto_trace.json.gz"))
-            row["kernels"] = slow_kernels(traces[-1], args.top) if traces else []
+            summary = summarise(traces[-1], PROFILE_STEPS, args.top) if traces else {}
+            row["kernels"] = summary.get("top", [])
             with open(kernels_file, "a") as f:
                 f.write(f"\n######## {name}: {row['train_step_ms']:.1f} ms per step\n")
                 for k in row["kernels"]:
                     f.write(f"\n## {k['ms_per_step']:.2f} ms/step x{k['calls_per_step']:.0f} "
-                            f"{k['hlo_op']} {k['kernel']}\n")  # fmt: skip
+                            f"{k['hlo_op']} {k['name']}\n")  # fmt: skip
                     if args.hlo:
                         f.write(fusion_text(Path(args.hlo), k["hlo_op"]) + "\n")
         rows.append(row)
@@ -202,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         for k in r.get("kernels", [])[:5]:
             print(f"  {r['variant']}: {k['ms_per_step']:6.2f} ms x{k['calls_per_step']:.0f} "
-                  f"{k['hlo_op']} {k['kernel'][:60]}")  # fmt: skip
+                  f"{k['hlo_op']} {k['name'][:60]}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -69,9 +69,12 @@ def summarise(path: str | Path, steps: int = 1, top: int = 8) -> dict:
     if not ops:
         return {"trace": str(path), "device_ops": 0}
     intervals = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in ops]
-    by_name = collections.Counter()
+    by_name, calls, hlo_op = collections.Counter(), collections.Counter(), {}
     for e in ops:
         by_name[e["name"]] += float(e.get("dur", 0))
+        calls[e["name"]] += 1
+        args = e.get("args", {})  # JAX's traces name the XLA operation a kernel ran
+        hlo_op.setdefault(e["name"], args.get("hlo_op") or args.get("long_name") or "")
     total = sum(by_name.values())
     return {
         "trace": str(path),
@@ -84,7 +87,13 @@ def summarise(path: str | Path, steps: int = 1, top: int = 8) -> dict:
         / steps,
         "mean_op_us": total / len(ops),
         "top": [
-            {"name": name[:90], "ms_per_step": t / 1e3 / steps, "share": t / total}
+            {
+                "name": name[:90],
+                "ms_per_step": t / 1e3 / steps,
+                "share": t / total,
+                "calls_per_step": calls[name] / steps,
+                "hlo_op": hlo_op[name],
+            }
             for name, t in by_name.most_common(top)
         ],
     }

@@ -21,7 +21,15 @@ def test_jax_trace_counts_only_gpu_stream_events(tmp_path):
         {"ph": "M", "pid": 2, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
     ]
     kernels = [  # two steps: conv 0-40 and 100-140, fusion 30-50 and 130-150 (overlaps)
-        {"ph": "X", "pid": 2, "tid": 7, "name": "conv", "ts": 0, "dur": 40},
+        {
+            "ph": "X",
+            "pid": 2,
+            "tid": 7,
+            "name": "conv",
+            "ts": 0,
+            "dur": 40,
+            "args": {"hlo_op": "cudnn-conv.3"},
+        },
         {"ph": "X", "pid": 2, "tid": 7, "name": "fusion", "ts": 30, "dur": 20},
         {"ph": "X", "pid": 2, "tid": 7, "name": "conv", "ts": 100, "dur": 40},
         {"ph": "X", "pid": 2, "tid": 7, "name": "fusion", "ts": 130, "dur": 20},
@@ -38,6 +46,8 @@ def test_jax_trace_counts_only_gpu_stream_events(tmp_path):
     assert s["span_ms_per_step"] == pytest.approx(75 / 1e3)
     assert [t["name"] for t in s["top"]] == ["conv", "fusion"]
     assert s["top"][0]["share"] == pytest.approx(80 / 120)
+    assert [t["calls_per_step"] for t in s["top"]] == [1, 1]
+    assert [t["hlo_op"] for t in s["top"]] == ["cudnn-conv.3", ""]
 
 
 def test_torch_trace_counts_kernels_and_copies(tmp_path):
