@@ -1,0 +1,155 @@
+"""Where a 3D classifier responds to growth: the gradient of its logit in a growth map.
+
+    python benchmarks/growth_sensitivity3d.py --config brain3d_32 --workdir runs/b32 \
+        --table runs/cohort32/cohort.csv --n 32
+
+The first-order question behind every simulator of ``output='volume'``: if a growth map
+``g`` (log volume change per voxel) is drawn into a scan the way the simulator draws it
+(`jaxinterp.warp.poisson_velocity`, scaling and squaring, the warp), how does the
+classifier's logit change? Its gradient in ``g`` at ``g = 0``, averaged over the first ``n``
+controls (``inject``) and the first ``n`` patients (``remove``) of a `jaxinterp synth3d`
+cohort, is a map of where growth moves the classifier towards the patients (positive) and
+where shrinkage does (negative). The simulator's objective buys logit shift at a cost per
+voxel, so its maps can be no sharper than the places this map singles out. The table gives,
+for the cohort's group truth and each map, the mean by distance from a truth region (as
+`map_profile3d.py`, each row divided by its inside mean), the far band's share of the
+map's |value| and spread, and the NCC with the group truth over the brain, also with the
+far band set to 0. ``--explain`` adds a simulator's group maps and the correlation of their
+far band with this map's: how much of the simulator's ripple over the brain is the
+classifier's own response. ``--save DIR`` writes the two maps as NIfTI (a new folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file: find the packages
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.ndimage  # noqa: E402
+
+from benchmarks.map_profile3d import BANDS, distance_profile  # noqa: E402
+from jaxinterp.data import load_volume, read_table, save_nifti  # noqa: E402
+from jaxinterp.warp import integrate_velocity, poisson_velocity, warp  # noqa: E402
+
+
+def growth_sensitivity(logit, images: jax.Array, *, steps: int, chunk: int = 8) -> np.ndarray:
+    """``d mean(logit) / d g`` at ``g = 0`` for one growth map ``g`` warped into every image.
+
+    At ``g = 0`` every sample point of the trilinear warp lies on a grid point, where the
+    interpolated image has a slope from each side and autodiff takes one of them (so the map
+    would be half a voxel off). The map is the mean of the gradients taken with the whole
+    field moved by ``+-1e-3`` voxels: the average of the two one-sided slopes, which is what
+    a central finite difference of the logit measures.
+
+    Args:
+      logit: images ``(N, *spatial, 1)`` -> logits ``(N,)``.
+      images: ``(N, *spatial, 1)``.
+      steps: scaling-and-squaring steps, as the simulator's.
+      chunk: images per gradient evaluation (memory).
+    """
+    spatial = images.shape[1:-1]
+
+    def total(g: jax.Array, x: jax.Array, offset: float) -> jax.Array:
+        field = integrate_velocity(poisson_velocity(g[None], ndim=len(spatial)), steps=steps)
+        field = jnp.broadcast_to(field + offset, (x.shape[0], *field.shape[1:]))
+        return jnp.sum(logit(warp(x, field)))
+
+    grad = jax.jit(jax.grad(total), static_argnums=2)
+    zero = jnp.zeros(spatial, jnp.float32)
+    parts = [
+        np.asarray(grad(zero, images[i : i + chunk], offset))
+        for i in range(0, len(images), chunk)
+        for offset in (1e-3, -1e-3)
+    ]
+    return np.sum(parts, axis=0) / (2 * len(images))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from train.classifier import load_classifier
+    from train.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=True, help="holds the classifier")
+    parser.add_argument("--set", action="append", default=[], help="config override")
+    parser.add_argument("--table", required=True, help="cohort.csv of jaxinterp synth3d")
+    parser.add_argument("--region", default="ventricles", help="mask name in the cohort's masks")
+    parser.add_argument("--n", type=int, default=32, help="scans per group")
+    parser.add_argument("--explain", help="a `jaxinterp explain` output to compare")
+    parser.add_argument("--save", help="write the maps into this new folder")
+    args = parser.parse_args(argv)
+    if args.save and Path(args.save).exists():
+        raise SystemExit(f"--save {args.save}: exists; give a new folder")
+    config = load_config(args.config, args.set)
+    shape = tuple(config.data.shape)
+    cohort = Path(args.table).parent
+
+    def read(path: Path) -> np.ndarray:
+        return np.asarray(nib.load(path).get_fdata(), np.float64)
+
+    truth = read(cohort / "group_truth.nii.gz")
+    brain = read(cohort / "masks" / "brain.nii.gz") > 0.5
+    region = read(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
+    if truth.shape != shape:
+        raise SystemExit(f"{args.table}: cohort grid {truth.shape}, config grid {shape}")
+    classifier, variables = load_classifier(config, args.workdir, np.zeros((2, *shape, 1)))
+    logit = lambda x: classifier.apply(variables, x, train=False)
+    scans = read_table(args.table)
+    maps = {"group truth": truth}
+    for label, name in ((0, "inject (controls)"), (1, "remove (patients)")):
+        chosen = [s for s in scans if s.label == label][: args.n]
+        x = jnp.asarray(np.stack([load_volume(s.path, shape=shape)[0] for s in chosen]))
+        maps[name] = growth_sensitivity(
+            logit, x[..., None], steps=config.simulator.integration_steps
+        )
+    if args.explain:
+        group = Path(args.explain, "group")
+        for direction, sign in (("inject", 1.0), ("remove", -1.0)):
+            maps[f"simulator, {direction}"] = sign * read(
+                group / f"log_volume_change_{direction}_mean.nii.gz"
+            )
+    names = ["inside", "1 voxel", "2 voxels", "3 voxels", "far"]
+    print(f"Classifier {args.workdir}; {args.n} scans per group of {args.table}")
+    print(f"Distance from {args.region} ({region.sum()} voxels), over {brain.sum()} brain voxels")
+    print(
+        "| map | "
+        + " | ".join(f"{n} / inside" for n in names[1:])
+        + " | far share of abs | far std / inside | NCC with truth | NCC, far band 0 |"
+    )
+    print("|---" * (len(names) + 4) + "|")
+    profiles = {}
+    for name, map_ in maps.items():
+        p = profiles[name] = distance_profile(map_, truth, brain, region)
+        inside = p["bands"][0]["mean"]
+        cells = [f"{b['mean'] / inside:+.2f}" for b in p["bands"][1:]]
+        cells += [f"{p['bands'][-1]['share']:.2f}", f"{p['far_std'] / abs(inside):.3f}"]
+        cells += [f"{p['ncc']:.3f}", f"{p['ncc_far_zeroed']:.3f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.explain:
+        distance = scipy.ndimage.distance_transform_edt(~region)
+        far = brain & (distance >= BANDS[-1][1])
+        for direction, source in (("inject", "inject (controls)"), ("remove", "remove (patients)")):
+            r = np.corrcoef(maps[f"simulator, {direction}"][far], maps[source][far])[0, 1]
+            print(f"far band: simulator {direction} against the classifier's map: r = {r:.2f}")
+    if args.save:
+        Path(args.save).mkdir(parents=True)
+        affine = nib.load(cohort / "group_truth.nii.gz").affine
+        for name, stem in (("inject (controls)", "inject"), ("remove (patients)", "remove")):
+            save_nifti(
+                Path(args.save, f"growth_sensitivity_{stem}.nii.gz"),
+                maps[name].astype(np.float32),
+                affine,
+                description=f"d logit / d growth, {stem}",
+            )
+
+
+if __name__ == "__main__":
+    main()
