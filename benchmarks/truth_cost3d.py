@@ -27,7 +27,8 @@ and prints every 50 steps its median shift, cost per logit and NCC with the grou
 32 training controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
-``--b2``: Adam's second-moment decay, 0.999 unless given; ``--growth-smoothness W``: a
+``--b2``: Adam's second-moment decay, 0.999 unless given; ``--optimizer sgd``: SGD with
+momentum 0.9 instead of Adam, ``--learning-rate`` its rate; ``--growth-smoothness W``: a
 diffusion term on the map itself, left out of the cost per logit and printed apart). At the
 end it prints where the final map puts its change, split by what the group truth does there
 (grows, shrinks, about nothing: `truth_level_rows`); ``--save PATH`` writes the map as NIfTI.
@@ -51,6 +52,8 @@ from jaxinterp.jacobian import divergence, log_volume_change
 from jaxinterp.losses import INJECT, REMOVE, smoothness_loss
 from jaxinterp.metrics import ncc
 from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
+from train.classifier import make_optimizer
+from train.config import OptimConfig
 
 
 def cost_row(
@@ -141,15 +144,19 @@ def free_map_run(
     b2: float = 0.999,
     growth_smoothness: float = 0.0,
     growth_smoothness_norm: str = "l2",
+    optimizer_name: str = "adam",
 ):
-    """Adam on `free_map_objective` from ``start`` times the group truth; prints progress.
+    """Adam (or SGD) on `free_map_objective` from ``start`` times the group truth; prints progress.
 
     With ``coarse > 1`` the map is first a grid ``coarse`` times coarser, trilinearly
     upsampled, for ``coarse_steps`` steps; then the upsampled map goes on at full resolution
     (a fresh Adam state). ``restart_at > 0`` gives the map a fresh Adam state at that step
     without a change of grid: the control that tells a coarse start from a restart. ``b2``
     is Adam's second-moment decay; ``growth_smoothness`` (``_norm``) as in
-    `free_map_objective`. Returns the final map's log volume change ``(D, H, W)``.
+    `free_map_objective`. ``optimizer_name="sgd"``: SGD with momentum 0.9 instead, whose
+    steps follow the gradient's profile over the voxels where Adam's are about the same size
+    at every voxel the gradient reaches. Returns the final map's log volume change
+    ``(D, H, W)``.
     """
     terms = {
         "delta": config.objective.delta,
@@ -162,7 +169,7 @@ def free_map_run(
     shape = cohort.group_truth.shape
     full = lambda p: p if p.shape == shape else jax.image.resize(p, shape, "trilinear")
     objective = lambda p, x: free_map_objective(full(p), x, logit, **terms)
-    optimizer = optax.adam(rate, b2=b2)
+    optimizer = make_optimizer(OptimConfig(learning_rate=rate, b2=b2, optimizer=optimizer_name))
     params = jnp.asarray(cohort.group_truth) * start
     if coarse > 1:
         params = jax.image.resize(params, tuple(n // coarse for n in shape), "trilinear")
@@ -259,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--coarse-steps", type=int, default=0, help="free map: steps on that grid")
     parser.add_argument("--b2", type=float, default=0.999, help="free map: Adam's b2")
+    parser.add_argument(
+        "--optimizer", choices=("adam", "sgd"), default="adam", help="free map: Adam or SGD"
+    )
     parser.add_argument("--save", help="free map: write its log volume change here (.nii.gz)")
     parser.add_argument(
         "--restart-at", type=int, default=0, help="free map: a fresh Adam state at this step"
@@ -306,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             b2=args.b2,
             growth_smoothness=args.growth_smoothness,
             growth_smoothness_norm=args.growth_smoothness_norm,
+            optimizer_name=args.optimizer,
         )
         print(
             "\n| place | voxels | truth mean | map mean | share of the truth's abs | of the map's |"

@@ -45,16 +45,27 @@ def optim_meta(optim: OptimConfig) -> dict:
 
 
 def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
-    """Adam (AdamW when ``weight_decay > 0``) at a fixed rate or a cosine decay to 0."""
+    """Adam (AdamW when ``weight_decay > 0``) or SGD with momentum, at a fixed rate or a
+    cosine decay to 0, after clipping the gradient's global norm when ``clip_norm > 0``."""
     if optim.schedule == "cosine":
         rate = optax.cosine_decay_schedule(optim.learning_rate, optim.steps)
     elif optim.schedule == "constant":
         rate = optim.learning_rate
     else:
         raise ValueError(f"unknown schedule {optim.schedule!r}: use 'constant' or 'cosine'")
-    if optim.weight_decay > 0:
-        return optax.adamw(rate, b2=optim.b2, weight_decay=optim.weight_decay)
-    return optax.adam(rate, b2=optim.b2)
+    if optim.optimizer == "sgd":
+        steps = [optax.sgd(rate, momentum=optim.momentum)]
+        if optim.weight_decay > 0:  # decoupled, as AdamW's
+            steps.insert(0, optax.add_decayed_weights(optim.weight_decay))
+    elif optim.optimizer == "adam":
+        adam = optax.adamw if optim.weight_decay > 0 else optax.adam
+        extra = {"weight_decay": optim.weight_decay} if optim.weight_decay > 0 else {}
+        steps = [adam(rate, b2=optim.b2, **extra)]
+    else:
+        raise ValueError(f"unknown optimizer {optim.optimizer!r}: use 'adam' or 'sgd'")
+    if optim.clip_norm > 0:
+        steps.insert(0, optax.clip_by_global_norm(optim.clip_norm))
+    return steps[0] if len(steps) == 1 else optax.chain(*steps)
 
 
 def init_state(

@@ -33,12 +33,19 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """One network's optimisation: Adam, a fixed learning rate or a cosine decay to 0."""
+    """One network's optimisation: Adam (or SGD), a fixed rate or a cosine decay to 0."""
 
     steps: int = 1000  # optimizer steps in total (a resumed run continues to this)
     batch_size: int = 8  # global batch (for the simulator: per direction)
     learning_rate: float = 1e-4
     b2: float = 0.999  # Adam's second-moment decay: it remembers gradients for ~1 / (1 - b2) steps
+    # "sgd": SGD with heavy-ball momentum ``momentum``. Adam scales every parameter's step to
+    # about the learning rate; SGD's steps keep the gradient's proportions.
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9  # SGD only
+    # > 0: gradients of a larger global norm are scaled down to it before the optimizer
+    # (with SGD and a norm below the usual one, every step has the same length)
+    clip_norm: float = 0.0
     weight_decay: float = 0.0  # decoupled (AdamW) when > 0
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: from learning_rate to 0 at steps
     log_every: int = 50  # steps between metric lines
