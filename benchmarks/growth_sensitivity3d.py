@@ -6,11 +6,12 @@
 The first-order question behind every simulator of ``output='volume'``: if a growth map
 ``g`` (log volume change per voxel) is drawn into a scan the way the simulator draws it
 (`jaxinterp.warp.poisson_velocity`, scaling and squaring, the warp), how does the
-classifier's logit change? Its gradient in ``g`` at ``g = 0``, averaged over the first ``n``
+classifier's logit change? Its gradient in ``g`` at ``g = 0`` (`jaxinterp.saliency.
+growth_gradient`, also an `explain` baseline), averaged over the first ``n``
 controls (``inject``) and the first ``n`` patients (``remove``) of a `jaxinterp synth3d`
 cohort, is a map of where growth moves the classifier towards the patients (positive) and
 where shrinkage does (negative). The simulator's objective buys logit shift at a cost per
-voxel, so its maps can be no sharper than the places this map singles out. The table gives,
+voxel, and a first step of growth buys little where this map is small. The table gives,
 for the cohort's group truth and each map, the mean by distance from a truth region (as
 `map_profile3d.py`, each row divided by its inside mean), the far band's share of the
 map's |value| and spread, and the NCC with the group truth over the brain, also with the
@@ -37,17 +38,11 @@ import scipy.ndimage  # noqa: E402
 
 from benchmarks.map_profile3d import BANDS, distance_profile  # noqa: E402
 from jaxinterp.data import load_volume, read_table, save_nifti  # noqa: E402
-from jaxinterp.warp import integrate_velocity, poisson_velocity, warp  # noqa: E402
+from jaxinterp.saliency import growth_gradient  # noqa: E402
 
 
 def growth_sensitivity(logit, images: jax.Array, *, steps: int, chunk: int = 8) -> np.ndarray:
-    """``d mean(logit) / d g`` at ``g = 0`` for one growth map ``g`` warped into every image.
-
-    At ``g = 0`` every sample point of the trilinear warp lies on a grid point, where the
-    interpolated image has a slope from each side and autodiff takes one of them (so the map
-    would be half a voxel off). The map is the mean of the gradients taken with the whole
-    field moved by ``+-1e-3`` voxels: the average of the two one-sided slopes, which is what
-    a central finite difference of the logit measures.
+    """The mean over ``images`` of their `jaxinterp.saliency.growth_gradient` maps.
 
     Args:
       logit: images ``(N, *spatial, 1)`` -> logits ``(N,)``.
@@ -55,21 +50,9 @@ def growth_sensitivity(logit, images: jax.Array, *, steps: int, chunk: int = 8) 
       steps: scaling-and-squaring steps, as the simulator's.
       chunk: images per gradient evaluation (memory).
     """
-    spatial = images.shape[1:-1]
-
-    def total(g: jax.Array, x: jax.Array, offset: float) -> jax.Array:
-        field = integrate_velocity(poisson_velocity(g[None], ndim=len(spatial)), steps=steps)
-        field = jnp.broadcast_to(field + offset, (x.shape[0], *field.shape[1:]))
-        return jnp.sum(logit(warp(x, field)))
-
-    grad = jax.jit(jax.grad(total), static_argnums=2)
-    zero = jnp.zeros(spatial, jnp.float32)
-    parts = [
-        np.asarray(grad(zero, images[i : i + chunk], offset))
-        for i in range(0, len(images), chunk)
-        for offset in (1e-3, -1e-3)
-    ]
-    return np.sum(parts, axis=0) / (2 * len(images))
+    maps = jax.jit(lambda x: jnp.sum(growth_gradient(logit, x, steps=steps), axis=0))
+    parts = [np.asarray(maps(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    return np.sum(parts, axis=0) / len(images)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,10 @@
-"""Saliency baselines: gradients, guided backprop, Grad-CAM, integrated gradients, occlusion.
+"""Saliency baselines: gradients, guided backprop, Grad-CAM, integrated gradients, occlusion,
+and the gradient in a growth map.
 
 Model-agnostic, pure JAX functions for 2D and 3D channels-last images, the baselines that
-the paper compares its simulator against. They depend on nothing but jax and numpy.
+the paper compares its simulator against, plus `growth_gradient`: the classifier's
+first-order answer in the simulator's own language (local volume change). They depend on
+nothing but jax, numpy and `jaxinterp.warp`.
 
 Conventions (shared by every function here):
 
@@ -40,9 +43,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
+
 __all__ = [
     "grad_cam",
     "gradient_times_input",
+    "growth_gradient",
     "guided_backprop",
     "guided_grad_cam",
     "guided_relu",
@@ -68,19 +74,20 @@ def _check_images(images: jax.Array, name: str = "images") -> None:
         )
 
 
+def _single(fn: LogitFn, x: jax.Array) -> jax.Array:
+    """``fn`` of a batch of one image ``x`` (no batch axis), as a scalar."""
+    out = fn(x[None])
+    if out.shape != (1,):
+        raise ValueError(
+            "the model function must return one value per image, shape (N,); "
+            f"for a batch of one it returned shape {out.shape}"
+        )
+    return out[0]
+
+
 def _per_example_grad(fn: LogitFn, x: jax.Array) -> jax.Array:
     """d fn / d x for each example: ``fn`` maps a batch ``(N, ...)`` to ``(N,)``."""
-
-    def single(xi):
-        out = fn(xi[None])
-        if out.shape != (1,):
-            raise ValueError(
-                "the model function must return one value per image, shape (N,); "
-                f"for a batch of one it returned shape {out.shape}"
-            )
-        return out[0]
-
-    return jax.vmap(jax.grad(single))(x)
+    return jax.vmap(jax.grad(lambda xi: _single(fn, xi)))(x)
 
 
 def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -126,6 +133,46 @@ def gradient_times_input(logit_fn: LogitFn, images: jax.Array) -> jax.Array:
     """
     _check_images(images)
     return jnp.sum(images * _per_example_grad(logit_fn, images), axis=-1)
+
+
+def growth_gradient(
+    logit_fn: LogitFn, images: jax.Array, *, steps: int = 7, offset: float = 1e-3
+) -> jax.Array:
+    """The gradient of the logit in a growth map drawn into the image, at no growth.
+
+    A growth map ``g`` (log volume change rate per voxel, positive = growth) becomes a warp
+    as an ``output='volume'`` simulator's does (`poisson_velocity`, ``steps`` of scaling and
+    squaring, the trilinear `warp`); the map is ``d logit(warp(x, field(g))) / d g`` at
+    ``g = 0``: where growing the tissue raises the logit (positive) and where shrinking it
+    does (negative). The first-order version of what a simulator answers, in its units.
+
+    At ``g = 0`` every sample point of the warp lies on a grid point, where the interpolated
+    image has a slope from each side and autodiff would take one of them (a map half a voxel
+    off). The map is the mean of the gradients with the whole field moved by ``+offset`` and
+    ``-offset`` voxels: the mean of the two one-sided slopes, as a central difference.
+
+    Args:
+      logit_fn: ``Float[Array, "n *spatial c"] -> Float[Array, "n"]``.
+      images: ``Float[Array, "n *spatial c"]``, 2 or 3 spatial axes.
+      steps: scaling-and-squaring steps (the simulator's ``integration_steps``).
+      offset: the field's shift, in voxels, for the two one-sided slopes.
+
+    Returns:
+      ``Float[Array, "n *spatial"]``.
+    """
+    _check_images(images)
+    ndim = images.ndim - 2
+
+    def logit_of_growth(growth: jax.Array, x: jax.Array, shift: float) -> jax.Array:
+        field = integrate_velocity(poisson_velocity(growth[None], ndim=ndim), steps=steps)
+        return _single(lambda z: logit_fn(warp(z, field + shift)), x)
+
+    zero = jnp.zeros(images.shape[1:-1], jnp.float32)
+    sides = [
+        jax.vmap(jax.grad(logit_of_growth), in_axes=(None, 0, None))(zero, images, shift)
+        for shift in (offset, -offset)
+    ]
+    return 0.5 * (sides[0] + sides[1])
 
 
 @jax.custom_vjp

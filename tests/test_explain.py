@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 
+import jax
 import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
@@ -191,6 +192,22 @@ def test_logits_are_the_classifiers(run):
         sign = 1 if r["task"] == "inject" else -1
         shift = (float(r["logit_simulated"]) - float(r["logit_raw"])) * sign
         assert float(r["logit_shift"]) == pytest.approx(shift, abs=1e-6)
+
+
+def test_growth_gradient_baseline_is_the_saliency_function_with_the_simulators_steps(run):
+    # An untrained classifier: the fixture's trained one is too small to have a gradient.
+    classifier = ji.nn.Classifier(ji.nn.ClassifierConfig(features=(4, 4), hidden=8))
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, *SHAPE)), jnp.float32)
+    variables = classifier.init(jax.random.key(0), images[..., None])
+    fn = ex._saliency_fn(classifier, ("gradient", "growth_gradient"), 2, 3)
+    maps = fn(variables, images, jnp.zeros(SHAPE))
+    logit_fn = lambda z: classifier.apply(variables, z)
+    want = ji.saliency.growth_gradient(logit_fn, images[..., None], steps=3)
+    np.testing.assert_allclose(maps["growth_gradient"], want, rtol=1e-4, atol=1e-6)
+    assert np.abs(want).max() > 0
+    # the explain run wrote one for every scan, beside the other baselines
+    row = _rows(run["out"] / "scans.csv")[0]
+    assert (run["out"] / "scans" / row["scan_id"] / "saliency_growth_gradient.nii.gz").is_file()
 
 
 def test_scan_stored_flipped_gives_the_same_map_in_world_space(run):

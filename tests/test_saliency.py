@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxinterp as ji
 from jaxinterp import saliency
 
 # ---------------------------------------------------------------------------------------
@@ -428,3 +429,31 @@ def test_jit_equals_eager_and_per_example(ndim):
         # Each image's map does not depend on the rest of the batch.
         single = np.concatenate([np.asarray(fn(x[i : i + 1])) for i in range(shape[0])])
         np.testing.assert_allclose(single, np.asarray(eager), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_growth_gradient_is_each_images_central_difference(ndim):
+    rng = np.random.default_rng(3)
+    shape = (3, *(8,) * ndim, 1)
+    images = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=(1, *shape[1:])), jnp.float32)
+    logit_fn = lambda x: jnp.sum(weight * jnp.tanh(x), axis=tuple(range(1, x.ndim)))
+    maps = saliency.growth_gradient(logit_fn, images, steps=3)
+    assert maps.shape == images.shape[:-1]
+
+    def logit_of(growth, k):  # image k warped by the growth map, as a volume simulator does
+        field = ji.integrate_velocity(ji.poisson_velocity(growth[None], ndim=ndim), steps=3)
+        return float(logit_fn(ji.warp(images[k : k + 1], field))[0])
+
+    eps = 1e-2
+    for k, voxel in [(0, (3, 4, 2)), (1, (1, 1, 6)), (2, (5, 2, 3))]:
+        voxel = voxel[:ndim]
+        bump = np.zeros(shape[1:-1], np.float32)
+        bump[voxel] = eps
+        want = (logit_of(jnp.asarray(bump), k) - logit_of(jnp.asarray(-bump), k)) / (2 * eps)
+        np.testing.assert_allclose(maps[k][voxel], want, rtol=2e-2, atol=2e-3)
+    # each image's own map: they differ, and a batch of one gives the same map
+    assert not np.allclose(maps[0], maps[1])
+    np.testing.assert_allclose(
+        saliency.growth_gradient(logit_fn, images[1:2], steps=3)[0], maps[1], atol=1e-6
+    )

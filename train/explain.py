@@ -36,7 +36,8 @@ brought to the template, ``map(x + u(x))``, before they are averaged, and the fi
 is written as ``to_template.nii.gz``.
 
 Baselines. Per scan and per group (mean of the signed maps and mean of the absolute maps)
-with the same writer: the saliency methods of `jaxinterp.saliency` (`METHODS`, a choice),
+with the same writer: the saliency methods of `jaxinterp.saliency` (`METHODS`, a choice;
+``growth_gradient`` draws its growth with the simulator's ``integration_steps``),
 and optionally the paper's group-level occlusion: an 8^3 window with stride 4 at 64^3,
 scaled with the grid, filled with the mean control image (0 after z-scoring would light up
 the brain's edge), scored by the drop in the classifier's accuracy over the table's scans.
@@ -147,6 +148,7 @@ METHODS = (
     "grad_cam",
     "guided_grad_cam",
     "integrated_gradients",
+    "growth_gradient",  # the logit's gradient in a growth map (the simulator's language)
 )
 DEFAULT_METHODS = METHODS
 # (label, group name, task name, task code): controls get the disease injected.
@@ -266,8 +268,9 @@ def _ensemble_mean(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     return out
 
 
-def _saliency_fn(classifier, methods: tuple[str, ...], ig_steps: int):
-    """Jitted ``(clf_vars, images (N, D, H, W), baseline (D, H, W)) -> {method: maps}``."""
+def _saliency_fn(classifier, methods: tuple[str, ...], ig_steps: int, growth_steps: int):
+    """Jitted ``(clf_vars, images (N, D, H, W), baseline (D, H, W)) -> {method: maps}``;
+    ``growth_steps``: the scaling-and-squaring steps of ``growth_gradient``."""
     cfg, dtype = classifier.config, classifier.dtype
 
     def fn(variables, images, baseline):
@@ -294,6 +297,8 @@ def _saliency_fn(classifier, methods: tuple[str, ...], ig_steps: int):
                 maps[method] = saliency.integrated_gradients(
                     logit_fn, x, baseline=baseline[..., None], steps=ig_steps
                 )
+            elif method == "growth_gradient":
+                maps[method] = saliency.growth_gradient(logit_fn, x, steps=growth_steps)
         return {k: v.astype(jnp.float32) for k, v in maps.items()}
 
     return jax.jit(fn)
@@ -861,7 +866,10 @@ def _explain_into(
     region_values = np.full((n, len(region_labels)), np.nan)
 
     simulate_fn = _simulate_fn(simulator, classifier)
-    saliency_fn = _saliency_fn(classifier, methods, ig_steps) if methods else None
+    saliency_fn = None
+    if methods:
+        steps = simulator.config.integration_steps
+        saliency_fn = _saliency_fn(classifier, methods, ig_steps, steps)
     lvc_moments = {task: _Moments(shape) for _, _, task, _ in GROUPS}
     saliency_moments = {
         (m, g, kind): _Moments(shape)
