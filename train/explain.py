@@ -1225,7 +1225,9 @@ def _explain_into(
                 "absolute per-scan maps",
                 "expected": "simulator inject (controls): +group truth, remove (patients): "
                 "-group truth; per scan: patients -own truth, controls +group truth. "
-                "Saliency, occlusion, references: +truth (they speak intensity, not volume)",
+                "Saliency, occlusion, references: +truth (a logit's gradient points to the "
+                "patients in both groups; growth_gradient's is in volume, the others' in "
+                "intensity)",
                 "regions": "each map's mean inside each truth region vs the expected map's; "
                 "sign_where_used: right signs among the regions the classifier uses",
                 "abs_truth": "reference: |group truth| as a map (what a sign-blind map scores)",
