@@ -356,23 +356,26 @@ def test_adam_second_moment_decay_follows_adams_formula(b2):
     assert (abs(got[-1]) > 0.02) == (b2 == 0.9)
 
 
-@pytest.mark.parametrize("clip_norm", [0.0, 1.0])
-def test_sgd_follows_heavy_ball_momentum_after_clipping(clip_norm):
+@pytest.mark.parametrize("clip_norm,decay", [(0.0, 0.0), (1.0, 0.0), (0.0, 0.2)])
+def test_sgd_follows_heavy_ball_momentum_after_clipping(clip_norm, decay):
     from train.classifier import make_optimizer
     from train.config import OptimConfig
 
-    optim = OptimConfig(learning_rate=0.1, optimizer="sgd", momentum=0.5, clip_norm=clip_norm)
+    optim = OptimConfig(
+        learning_rate=0.1, optimizer="sgd", momentum=0.5, clip_norm=clip_norm, weight_decay=decay
+    )
     optimizer = make_optimizer(optim)
     grads = np.array([[3.0, 4.0], [0.3, 0.4], [-6.0, 8.0]], np.float32)  # norms 5, 0.5, 10
-    params = np.zeros(2, np.float32)
+    params = np.array([1.0, -2.0], np.float32)
     state = optimizer.init(params)
     velocity = np.zeros(2)
     for g in grads:
         updates, state = optimizer.update(g, state, params)
         norm = np.linalg.norm(g)
         clipped = g * min(1.0, clip_norm / norm) if clip_norm else g
-        velocity = 0.5 * velocity + clipped
+        velocity = 0.5 * velocity + clipped + decay * params
         np.testing.assert_allclose(np.asarray(updates), -0.1 * velocity, rtol=1e-5)
+        params = params + np.asarray(updates)
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         make_optimizer(OptimConfig(optimizer="rmsprop"))
 

@@ -55,12 +55,12 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
         raise ValueError(f"unknown schedule {optim.schedule!r}: use 'constant' or 'cosine'")
     if optim.optimizer == "sgd":
         steps = [optax.sgd(rate, momentum=optim.momentum)]
-        if optim.weight_decay > 0:  # decoupled, as AdamW's
+        if optim.weight_decay > 0:  # the decay joins the gradient (for SGD, AdamW's decay)
             steps.insert(0, optax.add_decayed_weights(optim.weight_decay))
+    elif optim.optimizer == "adam" and optim.weight_decay > 0:
+        steps = [optax.adamw(rate, b2=optim.b2, weight_decay=optim.weight_decay)]
     elif optim.optimizer == "adam":
-        adam = optax.adamw if optim.weight_decay > 0 else optax.adam
-        extra = {"weight_decay": optim.weight_decay} if optim.weight_decay > 0 else {}
-        steps = [adam(rate, b2=optim.b2, **extra)]
+        steps = [optax.adam(rate, b2=optim.b2)]
     else:
         raise ValueError(f"unknown optimizer {optim.optimizer!r}: use 'adam' or 'sgd'")
     if optim.clip_norm > 0:
