@@ -108,9 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         + " | far share of abs | far std / inside | NCC with truth | NCC, far band 0 |"
     )
     print("|---" * (len(names) + 4) + "|")
-    profiles = {}
     for name, map_ in maps.items():
-        p = profiles[name] = distance_profile(map_, truth, brain, region)
+        p = distance_profile(map_, truth, brain, region)
         inside = p["bands"][0]["mean"]
         cells = [f"{b['mean'] / inside:+.2f}" for b in p["bands"][1:]]
         cells += [f"{p['bands'][-1]['share']:.2f}", f"{p['far_std'] / abs(inside):.3f}"]
