@@ -34,9 +34,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-import scipy.ndimage  # noqa: E402
 
-from benchmarks.map_profile3d import BANDS, distance_profile  # noqa: E402
+from benchmarks.map_profile3d import (  # noqa: E402
+    band_masks,
+    distance_profile,
+    group_maps,
+    read_map,
+)
 from jaxinterp.data import load_volume, read_table, save_nifti  # noqa: E402
 from jaxinterp.saliency import growth_gradient  # noqa: E402
 
@@ -74,13 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config, args.set)
     shape = tuple(config.data.shape)
     cohort = Path(args.table).parent
-
-    def read(path: Path) -> np.ndarray:
-        return np.asarray(nib.load(path).get_fdata(), np.float64)
-
-    truth = read(cohort / "group_truth.nii.gz")
-    brain = read(cohort / "masks" / "brain.nii.gz") > 0.5
-    region = read(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
+    truth = read_map(cohort / "group_truth.nii.gz")
+    brain = read_map(cohort / "masks" / "brain.nii.gz") > 0.5
+    region = read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
     if truth.shape != shape:
         raise SystemExit(f"{args.table}: cohort grid {truth.shape}, config grid {shape}")
     classifier, variables = load_classifier(config, args.workdir, np.zeros((2, *shape, 1)))
@@ -94,11 +94,8 @@ def main(argv: list[str] | None = None) -> None:
             logit, x[..., None], steps=config.simulator.integration_steps
         )
     if args.explain:
-        group = Path(args.explain, "group")
-        for direction, sign in (("inject", 1.0), ("remove", -1.0)):
-            maps[f"simulator, {direction}"] = sign * read(
-                group / f"log_volume_change_{direction}_mean.nii.gz"
-            )
+        for direction, map_ in group_maps(args.explain).items():
+            maps[f"simulator, {direction}"] = map_
     names = ["inside", "1 voxel", "2 voxels", "3 voxels", "far"]
     print(f"Classifier {args.workdir}; {args.n} scans per group of {args.table}")
     print(f"Distance from {args.region} ({region.sum()} voxels), over {brain.sum()} brain voxels")
@@ -116,8 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         cells += [f"{p['ncc']:.3f}", f"{p['ncc_far_zeroed']:.3f}"]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.explain:
-        distance = scipy.ndimage.distance_transform_edt(~region)
-        far = brain & (distance >= BANDS[-1][1])
+        far = band_masks(brain, region)[-1]
         for direction, source in (("inject", "inject (controls)"), ("remove", "remove (patients)")):
             r = np.corrcoef(maps[f"simulator, {direction}"][far], maps[source][far])[0, 1]
             print(f"far band: simulator {direction} against the classifier's map: r = {r:.2f}")

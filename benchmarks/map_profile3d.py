@@ -32,21 +32,40 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(ncc(jnp.asarray(a), jnp.asarray(b), mask=jnp.asarray(mask)))
 
 
+def band_masks(brain: np.ndarray, region: np.ndarray) -> list[np.ndarray]:
+    """The brain's voxels in each of ``BANDS`` by distance from ``region``, then the far rest."""
+    distance = scipy.ndimage.distance_transform_edt(~region)
+    bands = [brain & (distance >= lo) & (distance < hi) for lo, hi in BANDS]
+    return [*bands, brain & (distance >= BANDS[-1][1])]
+
+
+def read_map(path: str | Path) -> np.ndarray:
+    """A NIfTI map as float64, as stored (no z-scoring, no resampling)."""
+    return np.asarray(nib.load(path).get_fdata(), np.float64)
+
+
+def group_maps(explain: str | Path) -> dict[str, np.ndarray]:
+    """An explain output's group log volume change maps, ``inject`` and ``remove``, the remove
+    map's sign flipped so that both show the disease's direction."""
+    group = Path(explain, "group")
+    return {
+        direction: sign * read_map(group / f"log_volume_change_{direction}_mean.nii.gz")
+        for direction, sign in (("inject", 1.0), ("remove", -1.0))
+    }
+
+
 def distance_profile(
     map_: np.ndarray, truth: np.ndarray, brain: np.ndarray, region: np.ndarray
 ) -> dict:
     """The profile of ``map_`` by distance from ``region`` (boolean), over ``brain``."""
-    distance = scipy.ndimage.distance_transform_edt(~region)
     total = np.abs(map_[brain]).sum()
-    bands = []
-    far = brain.copy()
-    for lo, hi in BANDS:
-        band = brain & (distance >= lo) & (distance < hi)
-        far &= ~band
-        bands.append({"voxels": int(band.sum()), "mean": float(map_[band].mean()),
-                      "share": float(np.abs(map_[band]).sum() / total)})  # fmt: skip
-    bands.append({"voxels": int(far.sum()), "mean": float(map_[far].mean()),
-                  "share": float(np.abs(map_[far]).sum() / total)})  # fmt: skip
+    masks = band_masks(brain, region)
+    bands = [
+        {"voxels": int(band.sum()), "mean": float(map_[band].mean()),
+         "share": float(np.abs(map_[band]).sum() / total)}
+        for band in masks
+    ]  # fmt: skip
+    far = masks[-1]
     cut = np.where(far, 0.0, map_)
     return {
         "bands": bands,
@@ -62,17 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cohort", required=True, help="a `jaxinterp synth3d` output folder")
     parser.add_argument("--region", default="ventricles", help="mask name in COHORT/masks")
     args = parser.parse_args(argv)
-    group, cohort = Path(args.explain, "group"), Path(args.cohort)
-
-    def read(path: Path) -> np.ndarray:
-        return np.asarray(nib.load(path).get_fdata(), np.float64)
-
-    truth = read(cohort / "group_truth.nii.gz")
-    brain = read(group / "brain_mask.nii.gz") > 0.5
-    region = read(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
-    maps = {"truth": truth}
-    for direction, sign in (("inject", 1.0), ("remove", -1.0)):
-        maps[direction] = sign * read(group / f"log_volume_change_{direction}_mean.nii.gz")
+    cohort = Path(args.cohort)
+    truth = read_map(cohort / "group_truth.nii.gz")
+    brain = read_map(Path(args.explain, "group", "brain_mask.nii.gz")) > 0.5
+    region = read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
+    maps = {"truth": truth, **group_maps(args.explain)}
     names = ["inside", "1 voxel", "2 voxels", "3 voxels", "far"]
     print(f"Distance from {args.region} ({region.sum()} voxels), over {brain.sum()} brain voxels")
     print("| map | " + " | ".join(f"{n}: mean / share" for n in names)
