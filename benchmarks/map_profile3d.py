@@ -11,6 +11,17 @@ of the map's summed |change|, the spread (std) of the far band, the map's NCC wi
 truth over the brain, and the NCC it would have with its far band set to 0. A map that
 decays from the region more slowly than the truth shows larger means in bands 1-3; one
 that carries a ripple over the rest of the brain, a large far share and std.
+
+A second table asks how blurred each map is: its NCC with the truth smoothed by a Gaussian
+of std ``sigma`` voxels, for each sigma of ``BLUR_SIGMAS``, and the sigma where that NCC
+peaks. A map that draws the truth's change but low-pass filtered peaks at its filter's
+width with an NCC well above its NCC with the truth itself; a map as sharp as the truth
+peaks at 0.
+
+    python benchmarks/map_profile3d.py --map free.nii.gz --brain runs/b32/explain --cohort C
+
+profiles one NIfTI map instead (e.g. a free growth map from `truth_cost3d.py --save`), with
+the brain mask of an explain output.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import scipy.ndimage
 from jaxinterp.metrics import ncc
 
 BANDS = ((0.0, 0.5), (0.5, 1.5), (1.5, 2.5), (2.5, 3.5))  # distance in voxels; the rest is far
+BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # Gaussian std in voxels, 0 = the truth
 
 
 def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -75,17 +87,40 @@ def distance_profile(
     }
 
 
+def blur_match(
+    map_: np.ndarray, truth: np.ndarray, brain: np.ndarray, sigmas=BLUR_SIGMAS
+) -> dict[float, float]:
+    """NCC over ``brain`` of ``map_`` with ``truth`` smoothed by a Gaussian of each std (voxels;
+    0 = unsmoothed; the whole grid is smoothed, the NCC taken inside the brain)."""
+    return {
+        float(s): _ncc(map_, scipy.ndimage.gaussian_filter(truth, s) if s else truth, brain)
+        for s in sigmas
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--explain", required=True, help="a `jaxinterp explain` output folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--explain", help="a `jaxinterp explain` output folder")
+    source.add_argument("--map", help="one NIfTI map on the cohort's grid (needs --brain)")
+    parser.add_argument("--brain", help="with --map: an explain output for its brain mask")
     parser.add_argument("--cohort", required=True, help="a `jaxinterp synth3d` output folder")
     parser.add_argument("--region", default="ventricles", help="mask name in COHORT/masks")
     args = parser.parse_args(argv)
+    if args.map and not args.brain:
+        parser.error("--map needs --brain (an explain output folder)")
     cohort = Path(args.cohort)
     truth = read_map(cohort / "group_truth.nii.gz")
-    brain = read_map(Path(args.explain, "group", "brain_mask.nii.gz")) > 0.5
+    brain = read_map(Path(args.explain or args.brain, "group", "brain_mask.nii.gz")) > 0.5
     region = read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
-    maps = {"truth": truth, **group_maps(args.explain)}
+    maps = {"truth": truth}
+    if args.map:
+        map_ = read_map(args.map)
+        if map_.shape != truth.shape:
+            parser.error(f"{args.map}: shape {map_.shape}, the cohort's truth {truth.shape}")
+        maps[Path(args.map).name] = map_
+    else:
+        maps.update(group_maps(args.explain))
     names = ["inside", "1 voxel", "2 voxels", "3 voxels", "far"]
     print(f"Distance from {args.region} ({region.sum()} voxels), over {brain.sum()} brain voxels")
     print("| map | " + " | ".join(f"{n}: mean / share" for n in names)
@@ -98,6 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{n} {b['voxels']}" for n, b in zip(names, p["bands"]))
     print(f"(voxels per band: {counts})")
+    print()
+    print("| map | " + " | ".join(f"NCC, truth blurred {s:g}" for s in BLUR_SIGMAS)
+          + " | peaks at sigma (voxels) |")  # fmt: skip
+    print("|---" * (len(BLUR_SIGMAS) + 2) + "|")
+    for name, map_ in maps.items():
+        match = blur_match(map_, truth, brain)
+        best = max(match, key=match.get)
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in match.values()) + f" | {best:g} |")
 
 
 if __name__ == "__main__":

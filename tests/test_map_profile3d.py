@@ -1,8 +1,9 @@
 """benchmarks/map_profile3d.py: a map's change by distance from a region, against NumPy."""
 
 import numpy as np
+import scipy.ndimage
 
-from benchmarks.map_profile3d import distance_profile
+from benchmarks.map_profile3d import blur_match, distance_profile
 
 
 def test_profile_bands_and_far_ripple():
@@ -36,3 +37,23 @@ def test_profile_bands_and_far_ripple():
         inside = brain & (distance >= lo) & (distance < hi)
         assert band["voxels"] == inside.sum()
         np.testing.assert_allclose(band["mean"], truth[inside].mean())
+
+
+def test_blur_match_finds_the_blur_of_a_smoothed_truth():
+    rng = np.random.default_rng(1)
+    shape = (16, 16, 16)
+    truth = np.zeros(shape)
+    truth[6:9, 6:9, 6:9] = 1.0
+    truth[3, 11, 4] = -0.7  # a second, point-like change
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    blurred = scipy.ndimage.gaussian_filter(truth, 1.5)
+    match = blur_match(blurred, truth, brain)
+    assert max(match, key=match.get) == 1.5
+    np.testing.assert_allclose(match[1.5], 1.0, atol=1e-12)
+    assert match[0.0] < 0.95
+    # NCC by NumPy's corrcoef over the brain, for the unsmoothed truth and a noisy map
+    noisy = truth + 0.2 * rng.normal(size=shape)
+    expected = np.corrcoef(noisy[brain], truth[brain])[0, 1]
+    np.testing.assert_allclose(blur_match(noisy, truth, brain, (0.0,))[0.0], expected, rtol=1e-5)
+    assert max(blur_match(noisy, truth, brain).items(), key=lambda kv: kv[1])[0] == 0.0
