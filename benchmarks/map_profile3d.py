@@ -91,11 +91,9 @@ def blur_match(
     map_: np.ndarray, truth: np.ndarray, brain: np.ndarray, sigmas=BLUR_SIGMAS
 ) -> dict[float, float]:
     """NCC over ``brain`` of ``map_`` with ``truth`` smoothed by a Gaussian of each std (voxels;
-    0 = unsmoothed; the whole grid is smoothed, the NCC taken inside the brain)."""
-    return {
-        float(s): _ncc(map_, scipy.ndimage.gaussian_filter(truth, s) if s else truth, brain)
-        for s in sigmas
-    }
+    0 = unsmoothed: scipy leaves the array as it is; the whole grid is smoothed, the NCC
+    taken inside the brain)."""
+    return {float(s): _ncc(map_, scipy.ndimage.gaussian_filter(truth, s), brain) for s in sigmas}
 
 
 def main(argv: list[str] | None = None) -> None:
