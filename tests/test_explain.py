@@ -610,3 +610,74 @@ def test_ensemble_maps_are_the_members_mean(run, tmp_path):
         ex.explain(config, workdir, table, tmp_path / "o1", ensemble=(5, 0))
     with pytest.raises(FileNotFoundError, match="simulator_seed6"):
         ex.explain(config, workdir, table, tmp_path / "o2", ensemble=(6,))
+
+
+def test_seed_summary_reads_explain_outputs(run, tmp_path, capsys):
+    from benchmarks import seeds3d
+
+    out = run["out"]
+    numbers = seeds3d.seed_numbers(out)
+    maps = json.loads((out / "evaluation.json").read_text())["maps"]
+    logits = json.loads((out / "explain.json").read_text())["logits"]
+    rows = _rows(out / "scans.csv")
+    # The fixture's classifier is too small to have a gradient: every baseline scores null
+    # (NaN), so there is none to beat and no margin.
+    baselines = [k for k, v in maps.items() if v["kind"] in ("saliency", "occlusion")]
+    assert "occlusion" in baselines and "gradient_control" in baselines
+    assert all(maps[k]["group"]["ncc_signed"] is None for k in baselines)
+    assert numbers["baseline_ncc_signed_name"] == "none"
+    assert math.isnan(numbers["baseline_ncc_signed"]) and math.isnan(numbers["margin_ncc_abs"])
+    accuracy = json.loads((run["workdir"] / "classifier" / "summary.json").read_text())
+    assert numbers["test_accuracy"] == accuracy["test"]["accuracy"]
+    for task in ("inject", "remove"):
+        entry = maps[f"simulator_{task}"]
+        assert numbers[f"group_{task}"] == entry["group"]["ncc_signed"]
+        per_scan = [float(r["ncc_truth"]) for r in rows if r["task"] == task]
+        assert numbers[f"subject_median_{task}"] == pytest.approx(np.median(per_scan))
+        right = sum(r["sign_agrees"] for r in entry["regions"].values())
+        assert numbers[f"sign_all_{task}"] == right
+        assert numbers[f"past_delta_{task}"] == logits[task]["fraction_shift_at_least_delta"]
+    # With scores given to two baselines (a copy of the output), the best one is picked and
+    # the margin is the simulator's worse direction minus it.
+    copy = shutil.copytree(out, tmp_path / "scored")
+    scored = json.loads((copy / "evaluation.json").read_text())
+    scored["maps"]["occlusion"]["group"] = {"ncc_signed": 0.05, "ncc_abs": 0.3}
+    scored["maps"]["gradient_patient"]["group"] = {"ncc_signed": 0.1, "ncc_abs": 0.2}
+    (copy / "evaluation.json").write_text(json.dumps(scored))
+    numbers = seeds3d.seed_numbers(copy)
+    assert numbers["baseline_ncc_signed_name"] == "gradient_patient"
+    assert numbers["baseline_ncc_abs_name"] == "occlusion"
+    worse = min(numbers["group_inject"], numbers["group_remove"])
+    assert numbers["margin_ncc_signed"] == pytest.approx(worse - 0.1)
+    worse_abs = min(numbers["group_abs_inject"], numbers["group_abs_remove"])
+    assert numbers["margin_ncc_abs"] == pytest.approx(worse_abs - 0.3)
+
+    # Mean, sample std and worst seed against NumPy, on three made-up seeds of those numbers
+    # (the worst of a baseline is its highest: the one hardest to beat).
+    seeds = [
+        {**numbers, "group_inject": g, "baseline_ncc_abs": b}
+        for g, b in ((0.5, 0.2), (0.8, 0.6), (0.65, 0.4))
+    ]
+    stats = seeds3d.summarise(seeds)
+    values = np.array([0.5, 0.8, 0.65])
+    assert stats["group_inject"]["mean"] == pytest.approx(values.mean())
+    assert stats["group_inject"]["std"] == pytest.approx(values.std(ddof=1))
+    text = seeds3d.table(seeds, ["s0", "s1", "s2"])
+    line = next(x for x in text.splitlines() if x.startswith("| group NCC, inject |"))
+    assert line.endswith(f"| 0.650 ± {values.std(ddof=1):.3f} | 0.500 |")
+    line = next(x for x in text.splitlines() if x.startswith("| best baseline, group NCC abs"))
+    assert line.endswith("| 0.600 |")
+    verdict = next(x for x in text.splitlines() if x.startswith("- group NCC >= 0.8"))
+    low = min(0.5, numbers["group_remove"])
+    assert f"worst seed {low:.3f} missed" in verdict
+
+    # The command line: one table, the numbers as JSON, a missing folder named.
+    target = tmp_path / "seeds.json"
+    seeds3d.main(["--explain", str(out), str(out), "--labels", "a", "b", "--json", str(target)])
+    assert "| group NCC, remove |" in capsys.readouterr().out
+    written = json.loads(target.read_text())
+    assert written["summary"]["group_remove"]["std"] == 0.0
+    with pytest.raises(SystemExit, match="evaluation.json: missing"):
+        seeds3d.seed_numbers(tmp_path)
+    with pytest.raises(SystemExit):  # --json never replaces a file
+        seeds3d.main(["--explain", str(out), "--json", str(target)])
