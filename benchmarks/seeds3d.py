@@ -86,8 +86,10 @@ def seed_numbers(explain: str | Path) -> dict[str, Any]:
     for d in DIRECTIONS:
         m = maps[f"simulator_{d}"]
         rows = [r for r in scans if r["task"] == d]
+        for r in rows:
+            if r.get("ncc_truth", "") == "":
+                raise SystemExit(f"{explain / 'scans.csv'}: {r['scan_id']} has no NCC with a truth")
         per_scan = np.asarray([float(r["ncc_truth"]) for r in rows], np.float64)
-        shift = np.asarray([float(r["logit_shift"]) for r in rows], np.float64)
         logits = summary["logits"][d]
         out[f"group_{d}"] = _number(m["group"]["ncc_signed"])
         out[f"group_abs_{d}"] = _number(m["group"]["ncc_abs"])
@@ -99,7 +101,7 @@ def seed_numbers(explain: str | Path) -> dict[str, Any]:
         out[f"used_{d}"] = m["sign_where_used"]["of"]
         out[f"past_delta_{d}"] = _number(logits["fraction_shift_at_least_delta"])
         out[f"spearman_{d}"] = _number(logits["spearman_raw_simulated"])
-        out[f"n_{d}"] = int(shift.size)
+        out[f"n_{d}"] = len(rows)
     worse = min(out["group_inject"], out["group_remove"])
     worse_abs = min(out["group_abs_inject"], out["group_abs_remove"])
     out["margin_ncc_signed"] = worse - out["baseline_ncc_signed"]

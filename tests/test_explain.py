@@ -679,5 +679,14 @@ def test_seed_summary_reads_explain_outputs(run, tmp_path, capsys):
     assert written["summary"]["group_remove"]["std"] == 0.0
     with pytest.raises(SystemExit, match="evaluation.json: missing"):
         seeds3d.seed_numbers(tmp_path)
+    unscored = shutil.copytree(out, tmp_path / "unscored")
+    blank = _rows(out / "scans.csv")
+    blank[0]["ncc_truth"] = ""
+    with (unscored / "scans.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(blank[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(blank)
+    with pytest.raises(SystemExit, match=f"scans.csv: {blank[0]['scan_id']} has no NCC"):
+        seeds3d.seed_numbers(unscored)
     with pytest.raises(SystemExit):  # --json never replaces a file
         seeds3d.main(["--explain", str(out), "--json", str(target)])
