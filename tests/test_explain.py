@@ -626,7 +626,9 @@ def test_seed_summary_reads_explain_outputs(run, tmp_path, capsys):
     assert "occlusion" in baselines and "gradient_control" in baselines
     assert all(maps[k]["group"]["ncc_signed"] is None for k in baselines)
     assert numbers["baseline_ncc_signed_name"] == "none"
-    assert math.isnan(numbers["baseline_ncc_signed"]) and math.isnan(numbers["margin_ncc_abs"])
+    assert math.isnan(numbers["baseline_ncc_signed"]) and math.isnan(
+        numbers["baseline_margin_ncc_abs"]
+    )
     accuracy = json.loads((run["workdir"] / "classifier" / "summary.json").read_text())
     assert numbers["test_accuracy"] == accuracy["test"]["accuracy"]
     for task in ("inject", "remove"):
@@ -637,20 +639,24 @@ def test_seed_summary_reads_explain_outputs(run, tmp_path, capsys):
         right = sum(r["sign_agrees"] for r in entry["regions"].values())
         assert numbers[f"sign_all_{task}"] == right
         assert numbers[f"past_delta_{task}"] == logits[task]["fraction_shift_at_least_delta"]
-    # With scores given to two baselines (a copy of the output), the best one is picked and
-    # the margin is the simulator's worse direction minus it.
+    # With scores given to three baselines (a copy of the output), the best one is picked,
+    # the best classic one leaves the growth gradient out, and each margin is the
+    # simulator's worse direction minus it.
     copy = shutil.copytree(out, tmp_path / "scored")
     scored = json.loads((copy / "evaluation.json").read_text())
     scored["maps"]["occlusion"]["group"] = {"ncc_signed": 0.05, "ncc_abs": 0.3}
     scored["maps"]["gradient_patient"]["group"] = {"ncc_signed": 0.1, "ncc_abs": 0.2}
+    scored["maps"]["growth_gradient_control"]["group"] = {"ncc_signed": 0.6, "ncc_abs": 0.7}
     (copy / "evaluation.json").write_text(json.dumps(scored))
     numbers = seeds3d.seed_numbers(copy)
-    assert numbers["baseline_ncc_signed_name"] == "gradient_patient"
-    assert numbers["baseline_ncc_abs_name"] == "occlusion"
     worse = min(numbers["group_inject"], numbers["group_remove"])
-    assert numbers["margin_ncc_signed"] == pytest.approx(worse - 0.1)
     worse_abs = min(numbers["group_abs_inject"], numbers["group_abs_remove"])
-    assert numbers["margin_ncc_abs"] == pytest.approx(worse_abs - 0.3)
+    assert numbers["baseline_ncc_signed_name"] == "growth_gradient_control"
+    assert numbers["baseline_margin_ncc_abs"] == pytest.approx(worse_abs - 0.7)
+    assert numbers["classic_ncc_signed_name"] == "gradient_patient"
+    assert numbers["classic_ncc_abs_name"] == "occlusion"
+    assert numbers["classic_margin_ncc_signed"] == pytest.approx(worse - 0.1)
+    assert numbers["classic_margin_ncc_abs"] == pytest.approx(worse_abs - 0.3)
 
     # Mean, sample std and worst seed against NumPy, on three made-up seeds of those numbers
     # (the worst of a baseline is its highest: the one hardest to beat).
@@ -665,7 +671,9 @@ def test_seed_summary_reads_explain_outputs(run, tmp_path, capsys):
     text = seeds3d.table(seeds, ["s0", "s1", "s2"])
     line = next(x for x in text.splitlines() if x.startswith("| group NCC, inject |"))
     assert line.endswith(f"| 0.650 ± {values.std(ddof=1):.3f} | 0.500 |")
-    line = next(x for x in text.splitlines() if x.startswith("| best baseline, group NCC abs"))
+    line = next(
+        x for x in text.splitlines() if x.startswith("| best baseline (growth gradient too), abs")
+    )
     assert line.endswith("| 0.600 |")
     verdict = next(x for x in text.splitlines() if x.startswith("- group NCC >= 0.8"))
     low = min(0.5, numbers["group_remove"])
