@@ -11,11 +11,11 @@ synth3d --seed S``). For every seed and direction (inject on controls, remove on
 the table gives the simulator's group NCC (signed and absolute), the median of its
 per-scan NCC with each scan's own truth, how many truth regions get the right sign (all of
 them, and those the classifier uses), how many scans move past delta, the Spearman
-correlation of raw and simulated logits, the best saliency baseline's group NCC and the
-simulator's margin over it, and the trivial references; then the mean, the standard
-deviation and the worst seed, and each target of issue 7 read on the mean and on the worst
-seed. The classifier's test accuracy comes from the explained workdir's
-``classifier/summary.json`` where there is one.
+correlation of raw and simulated logits, the best baseline's and the best classic saliency
+map's group NCC and the simulator's margin over each, and the trivial references; then
+the mean, the standard deviation and the worst seed, and each target of issue 7 read on
+the mean and on the worst seed. The classifier's test accuracy comes from the explained
+workdir's ``classifier/summary.json`` where there is one.
 
 A baseline is any map of kind ``saliency`` or ``occlusion`` in ``evaluation.json`` (the
 classic saliency methods on each group, the growth gradient, occlusion), a classic one any

@@ -59,6 +59,13 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+def _write_rows(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _load(path):
     img = nib.load(path)
     return np.asarray(img.get_fdata(dtype=np.float32)), img
@@ -97,10 +104,7 @@ def run(tmp_path_factory):
         row["age"] = f"{rng.uniform(60, 80):.2f}"
         row["site"] = "AB"[i % 2]
     plus = table.parent / "cohort_plus.csv"
-    with plus.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rows(plus, rows)
 
     # An atlas at twice the resolution (nearest-neighbour brings it back exactly).
     labels = np.zeros(SHAPE, np.int16)
@@ -482,10 +486,7 @@ def test_refusals_and_clear_errors(run, tmp_path):
     rows = _rows(table)
     for row in rows:
         row["path"] = str(table.parent / row["path"])
-    with (fake / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rows(fake / "table.csv", rows)
     with pytest.raises(ValueError, match="inside the output folder"):
         ex.explain(config, workdir, fake / "table.csv", fake, overwrite=True)
     assert (fake / "table.csv").is_file()
@@ -690,10 +691,7 @@ def test_seed_summary_reads_explain_outputs(run, tmp_path, capsys):
     unscored = shutil.copytree(out, tmp_path / "unscored")
     blank = _rows(out / "scans.csv")
     blank[0]["ncc_truth"] = ""
-    with (unscored / "scans.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(blank[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(blank)
+    _write_rows(unscored / "scans.csv", blank)
     with pytest.raises(SystemExit, match=f"scans.csv: {blank[0]['scan_id']} has no NCC"):
         seeds3d.seed_numbers(unscored)
     with pytest.raises(SystemExit):  # --json never replaces a file
