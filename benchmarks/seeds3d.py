@@ -105,7 +105,6 @@ def seed_numbers(explain: str | Path) -> dict[str, Any]:
         out[f"used_{d}"] = m["sign_where_used"]["of"]
         out[f"past_delta_{d}"] = _number(logits["fraction_shift_at_least_delta"])
         out[f"spearman_{d}"] = _number(logits["spearman_raw_simulated"])
-        out[f"n_{d}"] = len(rows)
     worse = min(out["group_inject"], out["group_remove"])
     worse_abs = min(out["group_abs_inject"], out["group_abs_remove"])
     for prefix in ("baseline", "classic"):
@@ -197,7 +196,7 @@ def table(seeds: list[dict[str, Any]], labels: list[str]) -> str:
         if key.startswith(("sign_all", "sign_used")):
             total = key.replace("sign_all", "regions").replace("sign_used", "used")
             cells = [f"{c}/{seed[total]}" for c, seed in zip(cells, seeds)]
-        if key.endswith(("_ncc_signed", "_ncc_abs")) and "margin" not in key:
+        if f"{key}_name" in seeds[0]:  # a best baseline: say which map it is
             cells = [f"{c} ({seed[key + '_name']})" for c, seed in zip(cells, seeds)]
         summary = f"{_cell(s['mean'], num)} ± {_cell(s['std'], num.lstrip('+'))}"
         lines.append(
