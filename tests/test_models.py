@@ -257,3 +257,23 @@ def test_head_layers_are_residual_full_resolution_convs():
     # ... and with them as initialised the map changes.
     moved = headed.apply(v, x, task).growth
     assert float(jnp.abs(moved - want.growth).max()) > 1e-3
+
+
+def test_population_map_adds_each_tasks_learned_map_to_the_network_output():
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    task = jnp.array([0, 1])
+    plain = Simulator(_small_3d(output="volume"))
+    mapped = Simulator(_small_3d(output="volume", population_map=True))
+    v = mapped.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    maps = v["params"]["population_map"]
+    assert maps.shape == (2, 16, 16, 16, 1) and float(jnp.abs(maps).max()) == 0.0
+    net_only = {**v, "params": {"net": v["params"]["net"]}}
+    base = plain.apply(net_only, x, task).growth
+    np.testing.assert_allclose(np.asarray(mapped.apply(v, x, task).growth), np.asarray(base))
+    drawn = np.random.default_rng(6).normal(size=maps.shape).astype(np.float32)
+    params = {**v["params"], "population_map": jnp.asarray(drawn)}
+    growth = mapped.apply({**v, "params": params}, x, task).growth
+    for i, t in enumerate([0, 1]):  # each example gets its own task's map
+        np.testing.assert_allclose(
+            np.asarray(growth[i]), np.asarray(base[i]) + drawn[t, ..., 0], atol=1e-5
+        )

@@ -409,3 +409,37 @@ def test_simulator_seed_gives_another_simulator_of_the_same_data(trained_classif
     assert not np.allclose(losses["other"], losses["default"], rtol=1e-3)
     with pytest.raises(CheckpointMismatchError, match="simulator_seed: checkpoint 7, now 8"):
         train_simulator(tiny_config("simulator_seed=8"), tmp_path / "other", name="simulator_seed7")
+
+
+def test_population_map_trains_by_its_own_sgd_and_restores(trained_classifier, tmp_path):
+    """With ``simulator.population_map`` the network keeps Adam and the map gets SGD with
+    momentum at ``population_learning_rate`` (heavy ball: ``m = 0.9 m + g``, step ``-r m``);
+    a trained run's map moves off zero and its checkpoint restores it."""
+    from train.config import OptimConfig
+    from train.simulator import load_simulator, simulator_optimizer
+
+    config = tiny_config("simulator.population_map=True",
+                         "simulator_optim.population_learning_rate=0.3",
+                         "simulator_optim.learning_rate=0.01")  # fmt: skip
+    optimizer = simulator_optimizer(config)
+    params = {"net": {"w": np.zeros(3, np.float32)}, "population_map": np.zeros(2, np.float32)}
+    grads = {"net": {"w": np.array([2.0, -1.0, 0.5], np.float32)},
+             "population_map": np.array([2.0, -1.0], np.float32)}  # fmt: skip
+    state = optimizer.init(params)
+    momentum = np.zeros(2)
+    for _ in range(3):
+        updates, state = optimizer.update(grads, state, params)
+        momentum = 0.9 * momentum + grads["population_map"]
+        np.testing.assert_allclose(updates["population_map"], -0.3 * momentum, rtol=1e-6)
+        # Adam on a constant gradient: every step is the rate, against the gradient's sign
+        np.testing.assert_allclose(updates["net"]["w"], -0.01 * np.sign(grads["net"]["w"]),
+                                   rtol=1e-4)  # fmt: skip
+    assert OptimConfig().population_learning_rate == 0.05
+
+    src, _ = trained_classifier
+    workdir = _copy_classifier(src, tmp_path)
+    train_simulator(config, workdir)
+    sample = np.zeros((2, 32, 32, 1), np.float32)
+    _, variables = load_simulator(config, workdir, sample)
+    maps = np.asarray(variables["params"]["population_map"])
+    assert maps.shape == (2, 32, 32, 1) and np.abs(maps).max() > 0

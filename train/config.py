@@ -47,6 +47,11 @@ class OptimConfig:
     # (with SGD and a norm below the usual one, every step has the same length)
     clip_norm: float = 0.0
     weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    # A simulator's population map (``SimulatorConfig.population_map``): its own SGD with
+    # momentum ``momentum`` at this rate, whatever optimises the network. A free growth map
+    # of the same objective stays sharp under SGD and ripples under Adam
+    # (benchmarks/RESULTS.md section 3, "A free map by SGD"; 0.05 is that map's rate).
+    population_learning_rate: float = 0.05
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: from learning_rate to 0 at steps
     log_every: int = 50  # steps between metric lines
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)

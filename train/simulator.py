@@ -24,7 +24,7 @@ from train.classifier import (
     predict_logits,
     variables_of,
 )
-from train.config import TrainConfig, to_dict
+from train.config import OptimConfig, TrainConfig, to_dict
 from train.datasets import Dataset, batch_indices, load_dataset
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -69,8 +69,24 @@ def init_state(config: TrainConfig, sample: np.ndarray):
         x,
         jnp.array([INJECT, REMOVE]),
     )
-    optimizer = make_optimizer(config.simulator_optim)
+    optimizer = simulator_optimizer(config)
     return model, loop.new_state(variables, optimizer), optimizer
+
+
+def simulator_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """``simulator_optim``'s optimizer for the network; with a population map
+    (``simulator.population_map``), SGD with momentum at ``population_learning_rate`` for it."""
+    optim = config.simulator_optim
+    if not config.simulator.population_map:
+        return make_optimizer(optim)
+    sgd = OptimConfig(
+        optimizer="sgd", learning_rate=optim.population_learning_rate, momentum=optim.momentum
+    )
+    label = lambda params: {
+        name: jax.tree.map(lambda _: "map" if name == "population_map" else "net", tree)
+        for name, tree in params.items()
+    }
+    return optax.multi_transform({"net": make_optimizer(optim), "map": make_optimizer(sgd)}, label)
 
 
 def make_step(model: Simulator, classifier, optimizer, config: TrainConfig, mesh):

@@ -68,6 +68,11 @@ class SimulatorConfig:
     coordinates: bool = False  # feed each voxel's position (in [-1, 1] per axis) as channels
     zero_init_output: bool = False  # output layer starts at 0: G starts as the identity
     head_layers: int = 0  # residual conv layers at full resolution before the output layer
+    # A learned map per task, one value per voxel and output channel, added to the network's
+    # raw output (zero at the start): what every scan of a direction shares is drawn at full
+    # resolution, free of the network's blur, and the network draws each scan's departure
+    # from it. Trained by its own optimiser (`OptimConfig.population_learning_rate`).
+    population_map: bool = False
     # Field outputs: the warp's backward pass is written out whole before the output layer's
     # backward reductions read it (`gradient_barrier`). Speed only, not the function: without
     # it XLA fused the warp's and the smoothness term's backward into the output bias's
@@ -221,7 +226,9 @@ class Simulator(nn.Module):
     net(x)``, so the identity is free and the network only has to make the change); a
     ``"gain"`` output scales the input voxel by voxel (``G(x) = x * exp(L tanh(net(x) /
     L))``, ``L = GAIN_LIMIT``: it can strengthen or weaken what is there, not paint on an
-    empty background). ``displacement`` is None for these three.
+    empty background). ``displacement`` is None for these three. With ``population_map``
+    a learned per-task map (the parameter ``population_map``, ``(2, *spatial, channels)``)
+    is added to the network's raw output before any of this.
     """
 
     config: SimulatorConfig
@@ -244,6 +251,8 @@ class Simulator(nn.Module):
             out = jnp.where(select, inject, remove)
         else:
             out = make(name="net")(inputs, code, train=train)
+        if cfg.population_map:
+            out = out + self._population_map(x, task, out_channels)
 
         if cfg.output == "image":
             return SimulatorOutput(out.astype(x.dtype), None)
@@ -261,3 +270,10 @@ class Simulator(nn.Module):
         if cfg.output in ("velocity", "volume"):
             field = integrate_velocity(field, steps=cfg.integration_steps)
         return SimulatorOutput(warp(x, field, mode=cfg.warp_mode), field, growth=growth)
+
+    def _population_map(self, x: jax.Array, task: jax.Array, channels: int) -> jax.Array:
+        """Each example's task map ``(N, *spatial, channels)`` (``population_map``)."""
+        shape = (2, *x.shape[1:-1], channels)
+        maps = self.param("population_map", nn.initializers.zeros, shape, jnp.float32)
+        select = (task == 0).reshape(-1, *(1,) * (x.ndim - 1))
+        return jnp.where(select, maps[0], maps[1])
