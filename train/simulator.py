@@ -83,9 +83,8 @@ def simulator_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         optimizer="sgd", learning_rate=optim.population_learning_rate, momentum=optim.momentum
     )
     label = lambda params: {
-        name: jax.tree.map(lambda _, tag=tag: tag, tree)
+        name: "map" if name == "population_map" else jax.tree.map(lambda _: "net", tree)
         for name, tree in params.items()
-        for tag in ["map" if name == "population_map" else "net"]
     }
     return optax.multi_transform({"net": make_optimizer(optim), "map": make_optimizer(sgd)}, label)
 
