@@ -11,8 +11,9 @@ into a warp as the simulator does: `jaxinterp.poisson_velocity`, scaling and squ
 against the cohort's group truth, as NCC over the brain and as its mean in each truth
 region beside the truth's; over the first ``n`` scans of the group, the median NCC of the
 whole simulator's map with the group truth and the network's share of the drawn growth
-(``sum |growth - map| / sum |growth|`` over the brain, per scan). ``--save FOLDER`` writes
-the map alone's log volume change per direction as NIfTI (for `map_profile3d.py --map`).
+(``sum |growth - map| / sum |growth|`` over the brain, per scan). ``--step N`` reads the
+checkpoint of step N instead of the last; ``--save FOLDER`` writes the map alone's log
+volume change per direction as NIfTI (for `map_profile3d.py --map`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], help="config override")
     parser.add_argument("--table", required=True, help="cohort.csv of jaxinterp synth3d")
     parser.add_argument("--n", type=int, default=16, help="scans per group")
+    parser.add_argument("--step", type=int, help="the checkpoint of this step (default: last)")
     parser.add_argument("--save", help="write the maps alone into this new folder")
     args = parser.parse_args(argv)
     if args.save and Path(args.save).exists():
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     masks = {p.name.split(".")[0]: p for p in sorted((cohort / "masks").glob("*.nii.gz"))}
     brain = read_map(masks.pop("brain")) > 0.5
     regions = {name: read_map(path) > 0.5 for name, path in masks.items()}
-    model, variables = load_simulator(config, args.workdir, np.zeros((2, *shape, 1), np.float32))
+    sample = np.zeros((2, *shape, 1), np.float32)
+    model, variables = load_simulator(config, args.workdir, sample, step=args.step)
     maps = np.asarray(variables["params"]["population_map"])[..., 0]
     apply = jax.jit(lambda x, t: model.apply(variables, x, t))
     steps = config.simulator.integration_steps
