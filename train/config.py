@@ -48,9 +48,9 @@ class OptimConfig:
     clip_norm: float = 0.0
     weight_decay: float = 0.0  # decoupled (AdamW) when > 0
     # A simulator's population map (``SimulatorConfig.population_map``): its own SGD with
-    # momentum ``momentum`` at this rate, whatever optimises the network. A free growth map
-    # of the same objective stays sharp under SGD and ripples under Adam
-    # (benchmarks/RESULTS.md section 3, "A free map by SGD"; 0.05 is that map's rate).
+    # momentum ``momentum`` at this fixed rate (no clipping, no schedule), whatever optimises
+    # the network. A free growth map of the same objective stays sharp under SGD and ripples
+    # under Adam (benchmarks/RESULTS.md section 3, "A free map by SGD"; 0.05 is its rate).
     population_learning_rate: float = 0.05
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: from learning_rate to 0 at steps
     log_every: int = 50  # steps between metric lines
