@@ -40,7 +40,8 @@ BANDS = ((0.0, 0.5), (0.5, 1.5), (1.5, 2.5), (2.5, 3.5))  # distance in voxels; 
 BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # Gaussian std in voxels, 0 = the truth
 
 
-def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+def brain_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """NCC of two NumPy maps inside ``mask``, as a float."""
     return float(ncc(jnp.asarray(a), jnp.asarray(b), mask=jnp.asarray(mask)))
 
 
@@ -82,8 +83,8 @@ def distance_profile(
     return {
         "bands": bands,
         "far_std": float(map_[far].std()),
-        "ncc": _ncc(map_, truth, brain),
-        "ncc_far_zeroed": _ncc(cut, truth, brain),
+        "ncc": brain_ncc(map_, truth, brain),
+        "ncc_far_zeroed": brain_ncc(cut, truth, brain),
     }
 
 
@@ -93,7 +94,9 @@ def blur_match(
     """NCC over ``brain`` of ``map_`` with ``truth`` smoothed by a Gaussian of each std (voxels;
     0 = unsmoothed: scipy leaves the array as it is; the whole grid is smoothed, the NCC
     taken inside the brain)."""
-    return {float(s): _ncc(map_, scipy.ndimage.gaussian_filter(truth, s), brain) for s in sigmas}
+    return {
+        float(s): brain_ncc(map_, scipy.ndimage.gaussian_filter(truth, s), brain) for s in sigmas
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

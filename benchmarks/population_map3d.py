@@ -32,10 +32,9 @@ import jax.numpy as jnp  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.map_profile3d import read_map  # noqa: E402
+from benchmarks.map_profile3d import brain_ncc, read_map  # noqa: E402
 from jaxinterp.data import load_volume, read_table, save_nifti  # noqa: E402
 from jaxinterp.jacobian import log_volume_change  # noqa: E402
-from jaxinterp.metrics import ncc  # noqa: E402
 from jaxinterp.warp import integrate_velocity, poisson_velocity  # noqa: E402
 
 DIRECTIONS = ((0, "inject", 1.0), (1, "remove", -1.0))  # task, name, sign of the truth
@@ -52,10 +51,6 @@ def network_share(growth: np.ndarray, map_growth: np.ndarray, brain: np.ndarray)
     map_growth``) as a share of the whole, in summed ``|.|`` over the brain."""
     whole = np.abs(growth[:, brain]).sum(axis=1)
     return np.abs((growth - map_growth)[:, brain]).sum(axis=1) / np.maximum(whole, 1e-12)
-
-
-def _ncc(a: np.ndarray, b: np.ndarray, brain: np.ndarray) -> float:
-    return float(ncc(jnp.asarray(a), jnp.asarray(b), mask=jnp.asarray(brain)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     scans = read_table(args.table)
     if args.save:
         Path(args.save).mkdir(parents=True)
+        affine = nib.load(cohort / "group_truth.nii.gz").affine
     print(f"Simulator {args.workdir}; {args.n} scans per group of {args.table}")
     for task, name, sign in DIRECTIONS:
         alone = map_change(maps[task], steps)
@@ -101,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         whole = np.asarray(log_volume_change(out.displacement))
         row = {
             "direction": name,
-            "map_alone_ncc": _ncc(sign * alone, truth, brain),
-            "whole_ncc_median": float(np.median([_ncc(sign * m, truth, brain) for m in whole])),
+            "map_alone_ncc": brain_ncc(sign * alone, truth, brain),
+            "whole_ncc_median": float(
+                np.median([brain_ncc(sign * m, truth, brain) for m in whole])
+            ),
             "network_share_median": float(
                 np.median(network_share(np.asarray(out.growth), maps[task], brain))
             ),
@@ -113,7 +111,6 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(json.dumps(row))
         if args.save:
-            affine = nib.load(cohort / "group_truth.nii.gz").affine
             save_nifti(
                 Path(args.save) / f"population_map_{name}.nii.gz",
                 sign * alone,
