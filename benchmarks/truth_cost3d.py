@@ -29,9 +29,12 @@ and prints every 50 steps its median shift, cost per logit and NCC with the grou
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
 ``--b2``: Adam's second-moment decay, 0.999 unless given; ``--optimizer sgd``: SGD with
 momentum 0.9 instead of Adam, ``--learning-rate`` its rate; ``--growth-smoothness W``: a
-diffusion term on the map itself, left out of the cost per logit and printed apart). At the
-end it prints where the final map puts its change, split by what the group truth does there
-(grows, shrinks, about nothing: `truth_level_rows`); ``--save PATH`` writes the map as NIfTI.
+diffusion term on the map itself, left out of the cost per logit and printed apart;
+``--direction remove``: one map for every patient instead, on the remove objective, its NCC
+and saved map sign-flipped to the disease's direction; ``--subtypes A B``: only those
+patients). At the end it prints where the final map puts its change, split by what the
+group truth does there (grows, shrinks, about nothing: `truth_level_rows`); ``--save PATH``
+writes the map as NIfTI.
 """
 
 from __future__ import annotations
@@ -106,8 +109,11 @@ def free_map_objective(
     steps: int = 7,
     growth_smoothness: float = 0.0,
     growth_smoothness_norm: str = "l2",
+    direction: float = 1.0,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
-    """The inject objective of one growth map ``(D, H, W)`` applied to every image.
+    """The inject objective of one growth map ``(D, H, W)`` applied to every image, or with
+    ``direction=-1`` the remove objective (the logit is to fall: the shift is counted
+    downwards).
 
     The map becomes a warp (`growth_field`, ``steps`` of scaling and squaring); the loss is
     the hinge of `jaxinterp.objective` plus ``change_weight * mean|warped - x|`` plus
@@ -120,7 +126,7 @@ def free_map_objective(
     """
     field = growth_field(growth, steps)
     warped = warp(images, jnp.broadcast_to(field, (images.shape[0], *field.shape[1:])))
-    shift = logit(warped) - jax.lax.stop_gradient(logit(images))
+    shift = direction * (logit(warped) - jax.lax.stop_gradient(logit(images)))
     hinge = jnp.mean(jnp.maximum(-shift, -delta))
     change = change_weight * jnp.mean(jnp.abs(warped - images))
     volume = volume_weight * jnp.mean(jnp.abs(divergence(field)))
@@ -133,7 +139,7 @@ def free_map_run(
     config,
     cohort,
     logit,
-    train_controls,
+    train_images,
     start: float,
     steps: int,
     rate: float,
@@ -145,6 +151,7 @@ def free_map_run(
     growth_smoothness: float = 0.0,
     growth_smoothness_norm: str = "l2",
     optimizer_name: str = "adam",
+    direction: float = 1.0,
 ):
     """Adam (or SGD) on `free_map_objective` from ``start`` times the group truth; prints progress.
 
@@ -155,8 +162,10 @@ def free_map_run(
     is Adam's second-moment decay; ``growth_smoothness`` (``_norm``) as in
     `free_map_objective`. ``optimizer_name="sgd"``: SGD with momentum 0.9 instead, whose
     steps follow the gradient's profile over the voxels where Adam's are about the same size
-    at every voxel the gradient reaches. Returns the final map's log volume change
-    ``(D, H, W)``.
+    at every voxel the gradient reaches. ``direction=-1``: the remove objective on
+    ``train_images`` (patients), starting from ``-start`` times the group truth; the NCC
+    printed and the map returned are then sign-flipped, so that they show the disease's
+    direction as the truth does. Returns the final map's log volume change ``(D, H, W)``.
     """
     terms = {
         "delta": config.objective.delta,
@@ -165,12 +174,13 @@ def free_map_run(
         "steps": config.simulator.integration_steps,
         "growth_smoothness": growth_smoothness,
         "growth_smoothness_norm": growth_smoothness_norm,
+        "direction": direction,
     }
     shape = cohort.group_truth.shape
     full = lambda p: p if p.shape == shape else jax.image.resize(p, shape, "trilinear")
     objective = lambda p, x: free_map_objective(full(p), x, logit, **terms)
     optimizer = make_optimizer(OptimConfig(learning_rate=rate, b2=b2, optimizer=optimizer_name))
-    params = jnp.asarray(cohort.group_truth) * start
+    params = jnp.asarray(cohort.group_truth) * start * direction
     if coarse > 1:
         params = jax.image.resize(params, tuple(n // coarse for n in shape), "trilinear")
     state = optimizer.init(params)
@@ -181,7 +191,7 @@ def free_map_run(
         updates, state = optimizer.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    probe = jnp.asarray(cohort.images[train_controls[:32], ..., None])
+    probe = jnp.asarray(cohort.images[train_images[:32], ..., None])
     truth, brain = jnp.asarray(cohort.group_truth), jnp.asarray(cohort.brain_mask)
     rng = np.random.default_rng(config.seed)
     evaluate = jax.jit(objective)
@@ -193,7 +203,9 @@ def free_map_run(
             state = optimizer.init(params)
         if k % 50 == 0 or k == steps:
             _, (shift, change, volume, smooth) = evaluate(params, probe)
-            change_map = log_volume_change(growth_field(full(params), terms["steps"]))[0]
+            change_map = (
+                direction * log_volume_change(growth_field(full(params), terms["steps"]))[0]
+            )
             median = float(jnp.median(shift))
             print(
                 json.dumps(
@@ -210,7 +222,7 @@ def free_map_run(
                 flush=True,
             )
         if k < steps:
-            batch = rng.choice(train_controls, 8, replace=False)
+            batch = rng.choice(train_images, 8, replace=False)
             params, state = step(params, state, jnp.asarray(cohort.images[batch, ..., None]))
     return np.asarray(change_map)
 
@@ -280,6 +292,15 @@ def main(argv: list[str] | None = None) -> None:
         help="free map: weight of a diffusion term on the growth map itself",
     )
     parser.add_argument("--growth-smoothness-norm", choices=("l1", "l2"), default="l2")
+    parser.add_argument(
+        "--direction",
+        choices=("inject", "remove"),
+        default="inject",
+        help="free map: inject on the controls, or remove on the patients",
+    )
+    parser.add_argument(
+        "--subtypes", nargs="+", help="free map, remove: only the patients of these subtypes"
+    )
     args = parser.parse_args(argv)
     if args.save and Path(args.save).exists():  # refused before the run, not after it
         raise SystemExit(f"--save {args.save}: the file exists; give a new path")
@@ -295,18 +316,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     sample = cohort.images[:2, ..., None]
     classifier, clf_variables = load_classifier(config, args.workdir, sample)
-    if args.free_map is not None:  # on the controls the classifier trained on
+    if args.free_map is not None:  # on the scans the classifier trained on
         split = json.loads((Path(args.workdir) / "classifier" / "split.json").read_text())
         trained = set(split["train"])
-        controls = np.array(
-            [i for i, s in enumerate(cohort.subjects) if s in trained and cohort.labels[i] == 0]
-        )
+        label = 0 if args.direction == "inject" else 1
+        chosen = [
+            i for i, s in enumerate(cohort.subjects) if s in trained and cohort.labels[i] == label
+        ]
+        if args.subtypes:
+            if args.direction == "inject":
+                raise SystemExit("--subtypes chooses patients: it needs --direction remove")
+            unknown = set(args.subtypes) - set(cohort.subtypes)
+            if unknown:
+                raise SystemExit(f"--subtypes: {sorted(unknown)} not in the cohort's subtypes")
+            chosen = [i for i in chosen if cohort.subtypes[i] in args.subtypes]
         logit = lambda x: classifier.apply(clf_variables, x, train=False)
         change_map = free_map_run(
             config,
             cohort,
             logit,
-            controls,
+            np.array(chosen),
             args.free_map,
             args.steps,
             args.learning_rate,
@@ -317,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             growth_smoothness=args.growth_smoothness,
             growth_smoothness_norm=args.growth_smoothness_norm,
             optimizer_name=args.optimizer,
+            direction=1.0 if args.direction == "inject" else -1.0,
         )
         print(
             "\n| place | voxels | truth mean | map mean | share of the truth's abs | of the map's |"

@@ -31,7 +31,7 @@ def test_no_change_costs_nothing():
     assert row["change_term"] == row["volume_term"] == row["cost_per_logit"] == 0.0
 
 
-def test_free_map_objective_is_the_inject_objective_of_one_map():
+def test_free_map_objective_is_the_inject_or_remove_objective_of_one_map():
     rng = np.random.default_rng(1)
     images = jnp.asarray(rng.normal(size=(3, 10, 10, 10, 1)), jnp.float32)
     weight = jnp.asarray(rng.normal(size=(1, 10, 10, 10, 1)), jnp.float32)
@@ -50,6 +50,15 @@ def test_free_map_objective_is_the_inject_objective_of_one_map():
     np.testing.assert_allclose(volume, 5.0 * np.abs(div).mean(), rtol=1e-5)
     hinge = np.maximum(-np.asarray(shift), -2.0).mean()
     np.testing.assert_allclose(loss, hinge + change + volume, rtol=1e-5)
+    # The remove objective of the same map: the same warp and terms, the shift counted
+    # downwards, so the hinge rewards a falling logit.
+    loss_r, (shift_r, change_r, volume_r, _) = free_map_objective(
+        growth, images, logit, direction=-1.0, **kwargs
+    )
+    np.testing.assert_allclose(shift_r, logit(images) - logit(warped), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([change_r, volume_r], [change, volume], rtol=1e-6)
+    hinge_r = np.maximum(-np.asarray(shift_r), -2.0).mean()
+    np.testing.assert_allclose(loss_r, hinge_r + change + volume, rtol=1e-5)
     # A diffusion term on the map itself: its forward differences, per axis averaged over
     # the pairs that have them and summed over the axes (squared, or absolute for "l1").
     g = np.asarray(growth, np.float64)
