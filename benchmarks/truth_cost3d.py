@@ -22,9 +22,9 @@ the objective.
 
 optimises instead one growth map for every control, without a network (``--free-map S``: from
 S times the cohort's group truth; 0 starts from nothing), by Adam on the inject objective's
-hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls,
-and prints every 50 steps its median shift, cost per logit and NCC with the group truth on
-32 training controls: where plain descent on the objective goes from each start
+hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls
+(``--batch``), and prints every 50 steps its median shift, cost per logit and NCC with the
+group truth on 32 training controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
 ``--b2``: Adam's second-moment decay, 0.999 unless given; ``--optimizer sgd``: SGD with
@@ -146,6 +146,7 @@ def free_map_run(
     *,
     coarse: int = 1,
     coarse_steps: int = 0,
+    batch_size: int = 8,
     restart_at: int = 0,
     b2: float = 0.999,
     growth_smoothness: float = 0.0,
@@ -222,7 +223,7 @@ def free_map_run(
                 flush=True,
             )
         if k < steps:
-            batch = rng.choice(train_images, 8, replace=False)
+            batch = rng.choice(train_images, batch_size, replace=False)
             params, state = step(params, state, jnp.asarray(cohort.images[batch, ..., None]))
     return np.asarray(change_map)
 
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         "--coarse", type=int, default=1, help="free map: start on a grid this much coarser"
     )
     parser.add_argument("--coarse-steps", type=int, default=0, help="free map: steps on that grid")
+    parser.add_argument("--batch", type=int, default=8, help="free map: scans per step")
     parser.add_argument("--b2", type=float, default=0.999, help="free map: Adam's b2")
     parser.add_argument(
         "--optimizer", choices=("adam", "sgd"), default="adam", help="free map: Adam or SGD"
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             args.learning_rate,
             coarse=args.coarse,
             coarse_steps=args.coarse_steps,
+            batch_size=args.batch,
             restart_at=args.restart_at,
             b2=args.b2,
             growth_smoothness=args.growth_smoothness,
