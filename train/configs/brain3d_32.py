@@ -53,8 +53,9 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
   but the simulator's maps score 0.62 / 0.67 (0.65 / 0.67 with ``b2=0.9``), no better.
 * no population map (``simulator.population_map=False``): a learned map per task added to
   the network's output, trained by its own SGD, draws the inject map as sharp as the truth
-  (group NCC 0.83 against 0.68, 400 steps, one classifier) but the remove map with the
-  ripple over the brain that its objective asks for there (0.69 against 0.77).
+  (group NCC 0.83 against 0.68, 400 steps, one classifier; 0.82-0.85 on three seeds) but
+  the remove map with a ripple over the brain (0.69 against 0.77; 0.66-0.69 on three seeds,
+  at or below the 0.67-0.77 of the objective's own free remove map).
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
