@@ -24,7 +24,7 @@ optimises instead one growth map for every control, without a network (``--free-
 S times the cohort's group truth; 0 starts from nothing), by Adam on the inject objective's
 hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls
 (``--batch``), and prints every 50 steps its median shift, cost per logit and NCC with the
-group truth on 32 training controls: where plain descent on the objective goes from each start
+group truth on 32 of those controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
 Adam state at full resolution; ``--restart-at K``: the fresh state alone, on the full grid;
 ``--b2``: Adam's second-moment decay, 0.999 unless given; ``--optimizer sgd``: SGD with
@@ -332,6 +332,11 @@ def main(argv: list[str] | None = None) -> None:
             if unknown:
                 raise SystemExit(f"--subtypes: {sorted(unknown)} not in the cohort's subtypes")
             chosen = [i for i in chosen if cohort.subtypes[i] in args.subtypes]
+        if len(chosen) < args.batch:
+            raise SystemExit(
+                f"--free-map: {len(chosen)} training scans to choose from, fewer than --batch "
+                f"{args.batch}"
+            )
         logit = lambda x: classifier.apply(clf_variables, x, train=False)
         change_map = free_map_run(
             config,
