@@ -52,7 +52,7 @@ import optax
 from jaxinterp import synth3d
 from jaxinterp.data import save_nifti
 from jaxinterp.jacobian import divergence, log_volume_change
-from jaxinterp.losses import INJECT, REMOVE, smoothness_loss
+from jaxinterp.losses import INJECT, REMOVE, smoothness_loss, task_direction
 from jaxinterp.metrics import ncc
 from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
 from train.classifier import make_optimizer
@@ -109,11 +109,11 @@ def free_map_objective(
     steps: int = 7,
     growth_smoothness: float = 0.0,
     growth_smoothness_norm: str = "l2",
-    direction: float = 1.0,
+    task: int = INJECT,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """The inject objective of one growth map ``(D, H, W)`` applied to every image, or with
-    ``direction=-1`` the remove objective (the logit is to fall: the shift is counted
-    downwards).
+    ``task=REMOVE`` the remove objective (the logit is to fall: the shift is counted
+    downwards, `task_direction`).
 
     The map becomes a warp (`growth_field`, ``steps`` of scaling and squaring); the loss is
     the hinge of `jaxinterp.objective` plus ``change_weight * mean|warped - x|`` plus
@@ -126,7 +126,7 @@ def free_map_objective(
     """
     field = growth_field(growth, steps)
     warped = warp(images, jnp.broadcast_to(field, (images.shape[0], *field.shape[1:])))
-    shift = direction * (logit(warped) - jax.lax.stop_gradient(logit(images)))
+    shift = task_direction(task) * (logit(warped) - jax.lax.stop_gradient(logit(images)))
     hinge = jnp.mean(jnp.maximum(-shift, -delta))
     change = change_weight * jnp.mean(jnp.abs(warped - images))
     volume = volume_weight * jnp.mean(jnp.abs(divergence(field)))
@@ -152,7 +152,7 @@ def free_map_run(
     growth_smoothness: float = 0.0,
     growth_smoothness_norm: str = "l2",
     optimizer_name: str = "adam",
-    direction: float = 1.0,
+    task: int = INJECT,
 ):
     """Adam (or SGD) on `free_map_objective` from ``start`` times the group truth; prints progress.
 
@@ -163,7 +163,7 @@ def free_map_run(
     is Adam's second-moment decay; ``growth_smoothness`` (``_norm``) as in
     `free_map_objective`. ``optimizer_name="sgd"``: SGD with momentum 0.9 instead, whose
     steps follow the gradient's profile over the voxels where Adam's are about the same size
-    at every voxel the gradient reaches. ``direction=-1``: the remove objective on
+    at every voxel the gradient reaches. ``task=REMOVE``: the remove objective on
     ``train_images`` (patients), starting from ``-start`` times the group truth; the NCC
     printed and the map returned are then sign-flipped, so that they show the disease's
     direction as the truth does. Returns the final map's log volume change ``(D, H, W)``.
@@ -175,13 +175,14 @@ def free_map_run(
         "steps": config.simulator.integration_steps,
         "growth_smoothness": growth_smoothness,
         "growth_smoothness_norm": growth_smoothness_norm,
-        "direction": direction,
+        "task": task,
     }
+    sign = task_direction(task)  # the remove map is shown in the disease's direction
     shape = cohort.group_truth.shape
     full = lambda p: p if p.shape == shape else jax.image.resize(p, shape, "trilinear")
     objective = lambda p, x: free_map_objective(full(p), x, logit, **terms)
     optimizer = make_optimizer(OptimConfig(learning_rate=rate, b2=b2, optimizer=optimizer_name))
-    params = jnp.asarray(cohort.group_truth) * start * direction
+    params = jnp.asarray(cohort.group_truth) * start * sign
     if coarse > 1:
         params = jax.image.resize(params, tuple(n // coarse for n in shape), "trilinear")
     state = optimizer.init(params)
@@ -204,9 +205,7 @@ def free_map_run(
             state = optimizer.init(params)
         if k % 50 == 0 or k == steps:
             _, (shift, change, volume, smooth) = evaluate(params, probe)
-            change_map = (
-                direction * log_volume_change(growth_field(full(params), terms["steps"]))[0]
-            )
+            change_map = sign * log_volume_change(growth_field(full(params), terms["steps"]))[0]
             median = float(jnp.median(shift))
             print(
                 json.dumps(
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             growth_smoothness=args.growth_smoothness,
             growth_smoothness_norm=args.growth_smoothness_norm,
             optimizer_name=args.optimizer,
-            direction=1.0 if args.direction == "inject" else -1.0,
+            task=INJECT if args.direction == "inject" else REMOVE,
         )
         print(
             "\n| place | voxels | truth mean | map mean | share of the truth's abs | of the map's |"

@@ -3,6 +3,7 @@ import numpy as np
 
 import jaxinterp as ji
 from benchmarks.truth_cost3d import cost_row, free_map_objective, truth_level_rows
+from jaxinterp.losses import REMOVE
 
 
 def test_cost_row_is_the_objective_terms_median_over_scans():
@@ -53,7 +54,7 @@ def test_free_map_objective_is_the_inject_or_remove_objective_of_one_map():
     # The remove objective of the same map: the same warp and terms, the shift counted
     # downwards, so the hinge rewards a falling logit.
     loss_r, (shift_r, change_r, volume_r, _) = free_map_objective(
-        growth, images, logit, direction=-1.0, **kwargs
+        growth, images, logit, task=REMOVE, **kwargs
     )
     np.testing.assert_allclose(shift_r, logit(images) - logit(warped), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose([change_r, volume_r], [change, volume], rtol=1e-6)
