@@ -4,7 +4,7 @@
         --set simulator.population_map=True --table runs/cohort32/cohort.csv
 
 A simulator with ``simulator.population_map`` draws, per direction, a learned map shared
-by every scan plus the network's output for that scan. For each direction (inject on
+by every scan plus the network's output for that scan. For each direction that has a map (inject on
 controls, remove on patients; the remove map's sign flipped so that both show the
 disease's direction) this prints: the map alone's log volume change (its growth turned
 into a warp as the simulator does: `jaxinterp.poisson_velocity`, scaling and squaring)
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         affine = nib.load(cohort / "group_truth.nii.gz").affine
     print(f"Simulator {args.workdir}; {args.n} scans per group of {args.table}")
     for task, name, sign in DIRECTIONS:
+        if task not in config.simulator.population_tasks:
+            print(json.dumps({"direction": name, "map_alone": "none (the network alone)"}))
+            continue
         alone = map_change(maps[task], steps)
         chosen = [s for s in scans if s.label == task][: args.n]
         x = np.stack([load_volume(s.path, shape=shape)[0] for s in chosen])

@@ -277,3 +277,35 @@ def test_population_map_adds_each_tasks_learned_map_to_the_network_output():
         np.testing.assert_allclose(
             np.asarray(growth[i]), np.asarray(base[i]) + drawn[t, ..., 0], atol=1e-5
         )
+
+
+def test_population_map_for_one_task_leaves_the_other_to_the_network():
+    """``population_map="inject"``: the inject example gets its map, the remove example the
+    network's output alone, and the remove map gets no gradient (it stays at zero)."""
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    task = jnp.array([0, 1])
+    assert SimulatorConfig(population_map="inject").population_tasks == (0,)
+    assert SimulatorConfig(population_map=True).population_tasks == (0, 1)
+    assert SimulatorConfig().population_tasks == ()
+    with pytest.raises(ValueError, match="population_map='both'"):
+        SimulatorConfig(population_map="both")
+    one = Simulator(_small_3d(output="volume", population_map="inject"))
+    both = Simulator(_small_3d(output="volume", population_map=True))
+    v = one.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    drawn = np.random.default_rng(8).normal(size=(2, 16, 16, 16, 1)).astype(np.float32)
+    params = {**v["params"], "population_map": jnp.asarray(drawn)}
+    growth = one.apply({**v, "params": params}, x, task).growth
+    with_both = both.apply({**v, "params": params}, x, task).growth
+    net_only = both.apply({**v, "params": {**params, "population_map": jnp.zeros_like(drawn)}},
+                          x, task).growth  # fmt: skip
+    np.testing.assert_allclose(np.asarray(growth[0]), np.asarray(with_both[0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(growth[1]), np.asarray(net_only[1]), atol=1e-6)
+    assert float(jnp.abs(with_both[1] - net_only[1]).max()) > 0.1  # the remove map would show
+
+    def loss(maps):
+        return jnp.sum(
+            one.apply({**v, "params": {**params, "population_map": maps}}, x, task).growth ** 2
+        )
+
+    grad = np.asarray(jax.grad(loss)(jnp.asarray(drawn)))
+    assert np.abs(grad[0]).max() > 0 and np.abs(grad[1]).max() == 0.0

@@ -72,13 +72,27 @@ class SimulatorConfig:
     # raw output (zero at the start): what every scan of a direction shares is drawn at full
     # resolution, free of the network's blur, and the network draws each scan's departure
     # from it. Trained by its own optimiser (`OptimConfig.population_learning_rate`).
-    population_map: bool = False
+    # True: a map for both tasks; "inject" or "remove": for that task only (the other's
+    # part of the parameter stays at zero and the network alone draws that direction).
+    population_map: bool | Literal["inject", "remove"] = False
     # Field outputs: the warp's backward pass is written out whole before the output layer's
     # backward reductions read it (`gradient_barrier`). Speed only, not the function: without
     # it XLA fused the warp's and the smoothness term's backward into the output bias's
     # gradient reduction, two kernels of 8 ms per paper step on an H200 (64^3, batch 8,
     # 76.9 -> 61.6 ms; benchmarks/RESULTS.md section 2).
     field_barrier: bool = True
+
+    def __post_init__(self):
+        if self.population_map not in (False, True, "inject", "remove"):
+            raise ValueError(
+                f"simulator.population_map={self.population_map!r}: give True (both tasks), "
+                "False, 'inject' or 'remove'"
+            )
+
+    @property
+    def population_tasks(self) -> tuple[int, ...]:
+        """The task codes (0 = inject, 1 = remove) that get a population map."""
+        return {False: (), True: (0, 1), "inject": (0,), "remove": (1,)}[self.population_map]
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
@@ -228,7 +242,8 @@ class Simulator(nn.Module):
     L))``, ``L = GAIN_LIMIT``: it can strengthen or weaken what is there, not paint on an
     empty background). ``displacement`` is None for these three. With ``population_map``
     a learned per-task map (the parameter ``population_map``, ``(2, *spatial, channels)``)
-    is added to the network's raw output before any of this.
+    is added to the network's raw output before any of this, for the tasks of
+    ``config.population_tasks`` (the other task's map is left out, and stays at zero).
     """
 
     config: SimulatorConfig
@@ -275,5 +290,7 @@ class Simulator(nn.Module):
         """Each example's task map ``(N, *spatial, channels)`` (``population_map``)."""
         shape = (2, *x.shape[1:-1], channels)
         maps = self.param("population_map", nn.initializers.zeros, shape, jnp.float32)
+        used = jnp.array([t in self.config.population_tasks for t in (0, 1)], jnp.float32)
+        maps = maps * used.reshape(2, *(1,) * (maps.ndim - 1))  # a task without a map: 0
         select = (task == 0).reshape(-1, *(1,) * (x.ndim - 1))
         return jnp.where(select, maps[0], maps[1])
