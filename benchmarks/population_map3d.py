@@ -4,9 +4,9 @@
         --set simulator.population_map=True --table runs/cohort32/cohort.csv
 
 A simulator with ``simulator.population_map`` draws, per direction, a learned map shared
-by every scan plus the network's output for that scan. For each direction that has a map (inject on
-controls, remove on patients; the remove map's sign flipped so that both show the
-disease's direction) this prints: the map alone's log volume change (its growth turned
+by every scan plus the network's output for that scan. For each direction that has a map
+(inject on controls, remove on patients; the remove map's sign flipped so that both show
+the disease's direction) this prints: the map alone's log volume change (its growth turned
 into a warp as the simulator does: `jaxinterp.poisson_velocity`, scaling and squaring)
 against the cohort's group truth, as NCC over the brain and as its mean in each truth
 region beside the truth's; over the first ``n`` scans of the group, the median NCC of the

@@ -61,7 +61,7 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
-without, before the population map; -0.01 / -0.02 with a map for both tasks; RANDHY
+without, before the population map; -0.012 / -0.015 with a map for both tasks; RANDHY
 with the map for inject alone), as the velocity field's did.
 Unlike the 2D simulator (`synth2d`) it keeps BatchNorm: with batch statistics and with
 running averages it moves the logits alike (17.6 and 17.7 logits, inject; velocity field).
