@@ -61,8 +61,8 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
-without, before the population map; -0.012 / -0.015 with a map for both tasks; RANDHY
-with the map for inject alone), as the velocity field's did.
+without, before the population map; -0.012 / -0.015 with a map for both tasks; -0.005 /
+0.110 with the map for inject alone), as the velocity field's did.
 Unlike the 2D simulator (`synth2d`) it keeps BatchNorm: with batch statistics and with
 running averages it moves the logits alike (17.6 and 17.7 logits, inject; velocity field).
 Five times the subjects (``--set data.n_per_group=500 --set classifier_optim.steps=1500``)
