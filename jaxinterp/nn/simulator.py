@@ -41,6 +41,9 @@ from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
 
 IMAGE_OUTPUTS = ("image", "residual", "gain")  # outputs that are images, not fields
 GAIN_LIMIT = 4.0  # a "gain" output scales a voxel by at most exp(4) = 55 either way
+# ``SimulatorConfig.population_map``'s values and the task codes (0 = inject, 1 = remove)
+# each gives a population map
+POPULATION_TASKS = {False: (), True: (0, 1), "inject": (0,), "remove": (1,)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +86,7 @@ class SimulatorConfig:
     field_barrier: bool = True
 
     def __post_init__(self):
-        if self.population_map not in (False, True, "inject", "remove"):
+        if self.population_map not in tuple(POPULATION_TASKS):
             raise ValueError(
                 f"simulator.population_map={self.population_map!r}: give True (both tasks), "
                 "False, 'inject' or 'remove'"
@@ -92,7 +95,7 @@ class SimulatorConfig:
     @property
     def population_tasks(self) -> tuple[int, ...]:
         """The task codes (0 = inject, 1 = remove) that get a population map."""
-        return {False: (), True: (0, 1), "inject": (0,), "remove": (1,)}[self.population_map]
+        return POPULATION_TASKS[self.population_map]
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
