@@ -6,7 +6,7 @@
 A simulator with ``simulator.population_map`` draws, per direction, a learned map shared
 by every scan plus the network's output for that scan. For each direction that has a map
 (inject on controls, remove on patients; the remove map's sign flipped so that both show
-the disease's direction) this prints: the map alone's log volume change (its growth turned
+the disease's direction; with ``population_map='tied'`` remove's map is inject's, negated) this prints: the map alone's log volume change (its growth turned
 into a warp as the simulator does: `jaxinterp.poisson_velocity`, scaling and squaring)
 against the cohort's group truth, as NCC over the brain and as its mean in each truth
 region beside the truth's; over the first ``n`` scans of the group, the median NCC of the
@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from benchmarks.map_profile3d import brain_ncc, read_map  # noqa: E402
 from jaxinterp.data import load_volume, read_table, save_nifti  # noqa: E402
 from jaxinterp.jacobian import log_volume_change  # noqa: E402
+from jaxinterp.nn.simulator import task_maps  # noqa: E402
 from jaxinterp.warp import integrate_velocity, poisson_velocity  # noqa: E402
 
 DIRECTIONS = ((0, "inject", 1.0), (1, "remove", -1.0))  # task, name, sign of the truth
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     regions = {name: read_map(path) > 0.5 for name, path in masks.items()}
     sample = np.zeros((2, *shape, 1), np.float32)
     model, variables = load_simulator(config, args.workdir, sample, step=args.step)
-    maps = np.asarray(variables["params"]["population_map"])[..., 0]
+    maps = np.asarray(task_maps(variables["params"]["population_map"], config.simulator))[..., 0]
     apply = jax.jit(lambda x, t: model.apply(variables, x, t))
     steps = config.simulator.integration_steps
     scans = read_table(args.table)

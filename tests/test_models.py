@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.ndimage
 
 import jaxinterp as ji
 from jaxinterp.nn import Classifier, ClassifierConfig, Simulator, SimulatorConfig
@@ -309,3 +310,52 @@ def test_population_map_for_one_task_leaves_the_other_to_the_network():
 
     grad = np.asarray(jax.grad(loss)(jnp.asarray(drawn)))
     assert np.abs(grad[0]).max() > 0 and np.abs(grad[1]).max() == 0.0
+
+
+def test_tied_population_map_is_drawn_by_inject_and_undone_by_remove():
+    """``population_map="tied"``: one map, added by inject and subtracted by remove; both
+    directions' gradients reach that one row, none the other; with the network's output at
+    zero the remove warp of the negated map inverts the inject warp (velocity integration)."""
+    x = jnp.asarray(np.random.default_rng(9).normal(size=(2, 16, 16, 16, 1)), jnp.float32)
+    task = jnp.array([0, 1])
+    assert SimulatorConfig(population_map="tied").population_tasks == (0, 1)
+    tied = Simulator(_small_3d(output="volume", population_map="tied"))
+    both = Simulator(_small_3d(output="volume", population_map=True))
+    v = tied.init({"params": jax.random.key(0)}, x, jnp.zeros(2))
+    drawn = np.random.default_rng(10).normal(size=(2, 16, 16, 16, 1)).astype(np.float32)
+    params = {**v["params"], "population_map": jnp.asarray(drawn)}
+    # the map for both tasks, given inject's row and its negative, draws the same growth
+    mirrored = np.stack([drawn[0], -drawn[0]])
+    want = both.apply({**v, "params": {**params, "population_map": mirrored}}, x, task).growth
+    got = tied.apply({**v, "params": params}, x, task).growth
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+    def loss(maps, t):
+        out = tied.apply({**v, "params": {**params, "population_map": maps}}, x, t)
+        return jnp.sum(out.growth**2)
+
+    for t in (jnp.array([0, 0]), jnp.array([1, 1])):  # each direction alone trains row 0
+        grad = np.asarray(jax.grad(loss)(jnp.asarray(drawn), t))
+        assert np.abs(grad[0]).max() > 0 and np.abs(grad[1]).max() == 0.0
+
+    # Network output zeroed: remove's warp undoes inject's (a smooth map, so the inverse
+    # of scaling and squaring is close).
+    net = jax.tree.map(jnp.zeros_like, v["params"]["net"])
+    smooth = 0.05 * np.sin(np.linspace(0, np.pi, 16))[:, None, None] * np.ones((16, 16, 16))
+    maps = jnp.asarray(np.stack([smooth, np.zeros_like(smooth)])[..., None], jnp.float32)
+    zeroed = {**v, "params": {"net": net, "population_map": maps}}
+    fields = tied.apply(zeroed, x, task).displacement
+    grid = np.stack(np.meshgrid(*(np.arange(16.0),) * 3, indexing="ij"), -1)
+    there = grid + np.asarray(fields[0])  # inject pulls from x + u_inject(x)
+    back = np.stack(
+        [
+            scipy.ndimage.map_coordinates(
+                np.asarray(fields[1][..., c]), there.reshape(-1, 3).T, order=1
+            )
+            for c in range(3)
+        ],
+        -1,
+    ).reshape(there.shape)
+    inner = (slice(3, 13),) * 3
+    assert float(np.abs(fields[0]).max()) > 0.1  # the warp moves
+    np.testing.assert_allclose((there + back)[inner], grid[inner], atol=0.02)

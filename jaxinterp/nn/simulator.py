@@ -41,9 +41,15 @@ from jaxinterp.warp import integrate_velocity, poisson_velocity, warp
 
 IMAGE_OUTPUTS = ("image", "residual", "gain")  # outputs that are images, not fields
 GAIN_LIMIT = 4.0  # a "gain" output scales a voxel by at most exp(4) = 55 either way
-# ``SimulatorConfig.population_map``'s values and the task codes (0 = inject, 1 = remove)
-# each gives a population map
-POPULATION_TASKS = {False: (), True: (0, 1), "inject": (0,), "remove": (1,)}
+# ``SimulatorConfig.population_map``'s values: for each task (0 = inject, 1 = remove), the
+# row of the ``population_map`` parameter it draws and that row's sign, or None (no map)
+POPULATION_MAPS = {
+    False: (None, None),
+    True: ((0, 1.0), (1, 1.0)),
+    "inject": ((0, 1.0), None),
+    "remove": (None, (1, 1.0)),
+    "tied": ((0, 1.0), (0, -1.0)),  # one map: remove draws its negative, inject's inverse
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +82,11 @@ class SimulatorConfig:
     # resolution, free of the network's blur, and the network draws each scan's departure
     # from it. Trained by its own optimiser (`OptimConfig.population_learning_rate`).
     # True: a map for both tasks; "inject" or "remove": for that task only (the other's
-    # part of the parameter stays at zero and the network alone draws that direction).
-    population_map: bool | Literal["inject", "remove"] = False
+    # part of the parameter stays at zero and the network alone draws that direction);
+    # "tied": one map, drawn by inject and negated by remove (the disease is one change and
+    # removing it undoes it: for a "volume" or "velocity" output the negated map is the
+    # inverse warp), trained by both directions.
+    population_map: bool | Literal["inject", "remove", "tied"] = False
     # Field outputs: the warp's backward pass is written out whole before the output layer's
     # backward reductions read it (`gradient_barrier`). Speed only, not the function: without
     # it XLA fused the warp's and the smoothness term's backward into the output bias's
@@ -86,16 +95,27 @@ class SimulatorConfig:
     field_barrier: bool = True
 
     def __post_init__(self):
-        if self.population_map not in tuple(POPULATION_TASKS):
+        if self.population_map not in tuple(POPULATION_MAPS):
             raise ValueError(
                 f"simulator.population_map={self.population_map!r}: give True (both tasks), "
-                "False, 'inject' or 'remove'"
+                "False, 'inject', 'remove' or 'tied'"
             )
 
     @property
     def population_tasks(self) -> tuple[int, ...]:
         """The task codes (0 = inject, 1 = remove) that get a population map."""
-        return POPULATION_TASKS[self.population_map]
+        return tuple(t for t, m in enumerate(POPULATION_MAPS[self.population_map]) if m)
+
+
+def task_maps(maps: jax.Array, config: SimulatorConfig) -> jax.Array:
+    """The map each task draws ``(2, ...)`` from the ``population_map`` parameter ``maps``
+    (``(2, ...)``): its row times its sign, zero for a task without one (no gradient reaches
+    a row no task draws)."""
+    rows = [
+        maps[m[0]] * m[1] if m else jnp.zeros_like(maps[0])
+        for m in POPULATION_MAPS[config.population_map]
+    ]
+    return jnp.stack(rows)
 
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
@@ -244,9 +264,9 @@ class Simulator(nn.Module):
     ``"gain"`` output scales the input voxel by voxel (``G(x) = x * exp(L tanh(net(x) /
     L))``, ``L = GAIN_LIMIT``: it can strengthen or weaken what is there, not paint on an
     empty background). ``displacement`` is None for these three. With ``population_map``
-    a learned per-task map (the parameter ``population_map``, ``(2, *spatial, channels)``)
-    is added to the network's raw output before any of this, for the tasks of
-    ``config.population_tasks`` (the other task's map is left out, and stays at zero).
+    a learned per-task map (the parameter ``population_map``, ``(2, *spatial, channels)``;
+    what each task draws of it: `task_maps`) is added to the network's raw output before
+    any of this.
     """
 
     config: SimulatorConfig
@@ -293,7 +313,6 @@ class Simulator(nn.Module):
         """Each example's task map ``(N, *spatial, channels)`` (``population_map``)."""
         shape = (2, *x.shape[1:-1], channels)
         maps = self.param("population_map", nn.initializers.zeros, shape, jnp.float32)
-        used = jnp.array([t in self.config.population_tasks for t in (0, 1)], jnp.float32)
-        maps = maps * used.reshape(2, *(1,) * (maps.ndim - 1))  # a task without a map: 0
+        maps = task_maps(maps, self.config)
         select = (task == 0).reshape(-1, *(1,) * (x.ndim - 1))
         return jnp.where(select, maps[0], maps[1])
