@@ -6,12 +6,17 @@
 A simulator with ``simulator.population_map`` draws, per direction, a learned map shared
 by every scan plus the network's output for that scan. For each direction that has a map
 (inject on controls, remove on patients; the remove map's sign flipped so that both show
-the disease's direction; with ``population_map='tied'`` remove's map is inject's, negated) this prints: the map alone's log volume change (its growth turned
-into a warp as the simulator does: `jaxinterp.poisson_velocity`, scaling and squaring)
-against the cohort's group truth, as NCC over the brain and as its mean in each truth
-region beside the truth's; over the first ``n`` scans of the group, the median NCC of the
-whole simulator's map with the group truth and the network's share of the drawn growth
-(``sum |growth - map| / sum |growth|`` over the brain, per scan). ``--step N`` reads the
+the disease's direction; with ``population_map='tied'`` remove's map is inject's,
+negated) this prints: the map alone's log volume change (its growth turned into a warp as
+the simulator does: `jaxinterp.poisson_velocity`, scaling and squaring) against the
+cohort's group truth, as NCC over the brain and as its mean in each truth region beside
+the truth's; over the first ``n`` scans of the group, the median NCC of the whole
+simulator's map with the group truth, the network's share of the drawn growth (``sum
+|growth - map| / sum |growth|`` over the brain, per scan), and the NCC of their mean map
+with the group truth twice: each map on the simulated scan's grid, as `jaxinterp explain`
+writes it, and located on the input scan instead (`input_frame_change`: the value where
+each bit of tissue starts, not where it ends). The truth lies on the diseased anatomy:
+the simulated scan for inject, the input scan for remove. ``--step N`` reads the
 checkpoint of step N instead of the last; ``--save FOLDER`` writes the map alone's log
 volume change per direction as NIfTI (for `map_profile3d.py --map`).
 """
@@ -19,6 +24,7 @@ volume change per direction as NIfTI (for `map_profile3d.py --map`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -41,10 +47,23 @@ from jaxinterp.warp import integrate_velocity, poisson_velocity  # noqa: E402
 DIRECTIONS = ((0, "inject", 1.0), (1, "remove", -1.0))  # task, name, sign of the truth
 
 
+@functools.partial(jax.jit, static_argnames="steps")
+def _change(growth: jax.Array, steps: int) -> jax.Array:
+    field = integrate_velocity(poisson_velocity(growth, ndim=3), steps=steps)
+    return log_volume_change(field)
+
+
 def map_change(growth: np.ndarray, steps: int) -> np.ndarray:
     """The log volume change ``(D, H, W)`` of the warp a drawn growth ``(D, H, W)`` makes."""
-    field = integrate_velocity(poisson_velocity(jnp.asarray(growth)[None], ndim=3), steps=steps)
-    return np.asarray(log_volume_change(field))[0]
+    return np.asarray(_change(jnp.asarray(growth)[None], steps))[0]
+
+
+def input_frame_change(growth: np.ndarray, steps: int) -> np.ndarray:
+    """The same change located on the input scan ``(N, D, H, W)`` from drawn growths
+    ``(N, D, H, W)``: the value at input voxel ``y`` is the map's at ``phi^-1(y)``, where that
+    tissue ends up. The warp's inverse is the flow of the negated velocity, whose log volume
+    change is the map's at ``phi^-1(y)``, negated."""
+    return -np.asarray(_change(-jnp.asarray(growth), steps))
 
 
 def network_share(growth: np.ndarray, map_growth: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -99,12 +118,15 @@ def main(argv: list[str] | None = None) -> None:
         x = np.stack([load_volume(s.path, shape=shape)[0] for s in chosen])
         out = apply(jnp.asarray(x[..., None]), jnp.full((len(chosen),), task))
         whole = np.asarray(log_volume_change(out.displacement))
+        on_input = input_frame_change(np.asarray(out.growth), steps)
         row = {
             "direction": name,
             "map_alone_ncc": brain_ncc(sign * alone, truth, brain),
             "whole_ncc_median": float(
                 np.median([brain_ncc(sign * m, truth, brain) for m in whole])
             ),
+            "group_ncc": brain_ncc(sign * whole.mean(0), truth, brain),
+            "group_ncc_on_input": brain_ncc(sign * on_input.mean(0), truth, brain),
             "network_share_median": float(
                 np.median(network_share(np.asarray(out.growth), maps[task], brain))
             ),

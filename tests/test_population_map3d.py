@@ -3,10 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 
-from benchmarks.population_map3d import map_change, network_share
+from benchmarks.population_map3d import input_frame_change, map_change, network_share
 from jaxinterp.jacobian import log_volume_change
 from jaxinterp.nn import Simulator, SimulatorConfig
+from jaxinterp.warp import integrate_velocity, poisson_velocity
 
 
 def test_map_change_is_the_simulators_warp_when_the_network_draws_nothing():
@@ -45,3 +47,22 @@ def test_network_share_counts_only_the_brain():
     share = network_share(growth, map_growth, brain)
     # the map alone; three times it (the network drew 2 of 3); a flat 0.5 (|0.5 - 1| / 0.5)
     np.testing.assert_allclose(share, [0.0, 2.0 / 3.0, 1.0])
+
+
+def test_input_frame_change_puts_each_value_where_its_tissue_starts():
+    """At input voxel ``x + u(x)`` (where the tissue of simulated voxel ``x`` comes from) the
+    input-frame map must read what the simulated-frame map reads at ``x``; and for a tied
+    map the remove growth's input-frame map is the inject growth's simulated-frame map."""
+    grid = np.stack(np.meshgrid(*[np.arange(16.0)] * 3, indexing="ij"))
+    growth = 0.8 * np.exp(-((grid - 7.5) ** 2).sum(0) / 18.0)
+    field = np.asarray(integrate_velocity(poisson_velocity(jnp.asarray(growth)[None], ndim=3)))[0]
+    simulated = map_change(growth, 7)
+    on_input = input_frame_change(growth[None], 7)[0]
+    source = grid + np.moveaxis(field, -1, 0)
+    read = scipy.ndimage.map_coordinates(on_input, source.reshape(3, -1), order=3)
+    inner = (slice(4, 12),) * 3
+    assert np.abs(field).max() > 0.3 and simulated[7, 7, 7] > 0.2  # the warp moves
+    error = np.abs(read.reshape(simulated.shape) - simulated)[inner].max()
+    apart = np.abs(on_input - simulated)[inner].max()  # the two frames, voxel for voxel
+    assert apart > 0.05 and error < 0.3 * apart, (error, apart)
+    np.testing.assert_allclose(input_frame_change(-growth[None], 7)[0], -simulated, atol=1e-6)
