@@ -51,20 +51,23 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
 * no smoothness term on the drawn growth itself (``objective.growth_smoothness=0``): at
   ``l1`` weight 3 it smooths a free growth map to the truth's smoothness (NCC 0.74 -> 0.76),
   but the simulator's maps score 0.62 / 0.67 (0.65 / 0.67 with ``b2=0.9``), no better.
-* a population map for inject alone (``simulator.population_map='inject'``): a learned
-  map added to the network's output for every inject example, trained by its own SGD,
-  draws the inject map as sharp as the truth, and the network alone draws remove.
-  Against three seeds' classifiers (72.5-85%), 200 steps each: group NCC 0.81 / 0.70
-  (inject 0.80-0.82, past 0.8 on every seed; remove 0.64-0.76) against 0.67 / 0.71 for
-  the network alone and 0.83 / 0.67 with a map for both tasks, whose remove map ripples
-  over the brain (at or below the 0.67-0.77 of the objective's own free remove map). Its
-  remove moves the classifier less than the network alone's: 77% of patients end on the
-  control side against 89%.
+* one population map, tied between the tasks (``simulator.population_map='tied'``): a
+  learned map added to the network's output for every inject example and subtracted for
+  every remove example (the disease is one change; removing it undoes it, the inverse
+  warp), trained by both directions with its own SGD. Against three seeds' classifiers
+  (72.5-85%), 200 steps each: group NCC 0.82 / 0.75 (inject 0.78-0.84, remove
+  0.71-0.77), against 0.81 / 0.70 for a map for inject alone (the default before), 0.67 /
+  0.71 for the network alone and 0.83 / 0.67 with a separate map per task, whose remove
+  map ripples over the brain. Its worse direction is the best of the four on every seed,
+  and its remove moves the classifier nearly as the network alone's does: 85% of patients
+  end on the control side (89%; 77% with the map for inject alone). The same map scores 0.84 as
+  inject and 0.77 as remove on seed 0: the remove map lies in the healed scan's frame,
+  the truth in the patient's.
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
 without, before the population map; -0.012 / -0.015 with a map for both tasks; -0.005 /
-0.110 with the map for inject alone), as the velocity field's did.
+0.110 with the map for inject alone; RAND_TIED with the tied map), as the velocity field's did.
 Unlike the 2D simulator (`synth2d`) it keeps BatchNorm: with batch statistics and with
 running averages it moves the logits alike (17.6 and 17.7 logits, inject; velocity field).
 Five times the subjects (``--set data.n_per_group=500 --set classifier_optim.steps=1500``)
@@ -103,7 +106,7 @@ def get_config() -> TrainConfig:
             coordinates=True,
             zero_init_output=True,
             head_layers=1,
-            population_map="inject",
+            population_map="tied",
         ),
         simulator_optim=OptimConfig(
             steps=900, batch_size=4, learning_rate=1e-4, log_every=25, checkpoint_every=100
