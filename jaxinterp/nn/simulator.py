@@ -106,17 +106,6 @@ class SimulatorConfig:
         """The task codes (0 = inject, 1 = remove) that get a population map."""
         return tuple(t for t, m in enumerate(POPULATION_MAPS[self.population_map]) if m)
 
-
-def task_maps(maps: jax.Array, config: SimulatorConfig) -> jax.Array:
-    """The map each task draws ``(2, ...)`` from the ``population_map`` parameter ``maps``
-    (``(2, ...)``): its row times its sign, zero for a task without one (no gradient reaches
-    a row no task draws)."""
-    rows = [
-        maps[m[0]] * m[1] if m else jnp.zeros_like(maps[0])
-        for m in POPULATION_MAPS[config.population_map]
-    ]
-    return jnp.stack(rows)
-
     @classmethod
     def paper_2d(cls) -> SimulatorConfig:
         """Synthetic 2D experiment: widths 1, 2, 4, 8, bottleneck 64, outputs the image."""
@@ -131,6 +120,17 @@ def task_maps(maps: jax.Array, config: SimulatorConfig) -> jax.Array:
     def original(cls) -> SimulatorConfig:
         """The authors' code layer for layer (1,680,066 parameters at 64^3), codes -1/+1."""
         return cls(task_codes=(-1.0, 1.0))
+
+
+def task_maps(maps: jax.Array, config: SimulatorConfig) -> jax.Array:
+    """The map each task draws ``(2, ...)`` from the ``population_map`` parameter ``maps``
+    (``(2, ...)``): its row times its sign, zero for a task without one (no gradient reaches
+    a row no task draws)."""
+    rows = [
+        maps[m[0]] * m[1] if m else jnp.zeros_like(maps[0])
+        for m in POPULATION_MAPS[config.population_map]
+    ]
+    return jnp.stack(rows)
 
 
 class SimulatorOutput(NamedTuple):
