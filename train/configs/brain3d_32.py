@@ -64,6 +64,8 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
   map scores 0.84 as inject and 0.77 as remove on seed 0: the remove map lies on the
   healed scan's grid, the truth on the patient's; moved onto the patient's scan it
   scores 0.84 / 0.79 / 0.83 on the three seeds (`benchmarks/population_map3d.py`).
+  All measured at 200 steps, not this config's 900: seed 1 resumed to 400 steps scores
+  lower (0.75 / 0.67 against 0.78 / 0.71).
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
