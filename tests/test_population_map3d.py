@@ -52,7 +52,8 @@ def test_network_share_counts_only_the_brain():
 def test_input_frame_change_puts_each_value_where_its_tissue_starts():
     """At input voxel ``x + u(x)`` (where the tissue of simulated voxel ``x`` comes from) the
     input-frame map must read what the simulated-frame map reads at ``x``; and for a tied
-    map the remove growth's input-frame map is the inject growth's simulated-frame map."""
+    map the remove growth's input-frame map is the inject growth's simulated-frame map,
+    negated (the sign flip that shows a remove map in the disease's direction undoes it)."""
     grid = np.stack(np.meshgrid(*[np.arange(16.0)] * 3, indexing="ij"))
     growth = 0.8 * np.exp(-((grid - 7.5) ** 2).sum(0) / 18.0)
     field = np.asarray(integrate_velocity(poisson_velocity(jnp.asarray(growth)[None], ndim=3)))[0]
