@@ -14,6 +14,7 @@ from jaxinterp.jacobian import (
     folding_fraction,
     jacobian_determinant,
     log_volume_change,
+    log_volume_change_on_input,
 )
 from jaxinterp.losses import (
     INJECT,
@@ -25,7 +26,14 @@ from jaxinterp.losses import (
 )
 from jaxinterp.metrics import ncc
 from jaxinterp.objective import ObjectiveConfig, simulator_objective
-from jaxinterp.warp import compose, identity_grid, integrate_velocity, poisson_velocity, warp
+from jaxinterp.warp import (
+    compose,
+    identity_grid,
+    integrate_velocity,
+    invert_displacement,
+    poisson_velocity,
+    warp,
+)
 
 __version__ = "0.1.0"
 
@@ -41,9 +49,11 @@ __all__ = [
     "folding_fraction",
     "identity_grid",
     "integrate_velocity",
+    "invert_displacement",
     "poisson_velocity",
     "jacobian_determinant",
     "log_volume_change",
+    "log_volume_change_on_input",
     "logit_shift_loss",
     "losses",
     "ncc",

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.scipy.ndimage import map_coordinates
 
 from jaxinterp._checks import split_field_shape
-from jaxinterp.warp import identity_grid
+from jaxinterp.warp import identity_grid, invert_displacement, warp
 
 Scheme = Literal["central", "forward"]
 
@@ -118,6 +118,35 @@ def log_volume_change(
         raise ValueError(f"log_volume_change: eps must be > 0, got {eps}")
     det = jacobian_determinant(displacement, scheme=scheme)
     return -jnp.log(jnp.maximum(det, eps))
+
+
+def log_volume_change_on_input(
+    displacement: jax.Array,
+    *,
+    iterations: int = 20,
+    eps: float = 1e-3,
+    scheme: Scheme = "central",
+) -> jax.Array:
+    """``log_volume_change`` located on the image that was warped instead of the warped one.
+
+    ``log_volume_change(u)`` at ``x`` is the volume change of the tissue that ENDS UP at
+    ``x`` in the warped image. This map holds at each voxel ``y`` of the input the volume
+    change of the tissue that STARTS there: the same map read at ``phi^-1(y)``, where that
+    tissue goes (``warp(log_volume_change(u), invert_displacement(u), mode="edge")``,
+    trilinear). For a simulator that removes a disease, this puts the explanation on the
+    patient's own scan, the anatomy the disease changed, instead of on the healed image.
+
+    Args:
+      displacement: ``(*batch, *spatial, ndim)``, voxel units, pull-back.
+      iterations: fixed-point steps of `jaxinterp.warp.invert_displacement`.
+      eps, scheme: as in ``log_volume_change``.
+
+    Returns:
+      ``(*batch, *spatial)``.
+    """
+    change = log_volume_change(displacement, eps=eps, scheme=scheme)
+    inverse = invert_displacement(displacement, iterations=iterations)
+    return warp(change[..., None], inverse, mode="edge")[..., 0]
 
 
 def folding_fraction(displacement: jax.Array, *, scheme: Scheme = "central") -> jax.Array:

@@ -160,3 +160,48 @@ def test_log_volume_change_is_differentiable():
     grad = jax.grad(lambda u: jnp.sum(ji.log_volume_change(u) ** 2))(field)
     assert grad.shape == field.shape and bool(jnp.all(jnp.isfinite(grad)))
     assert float(jnp.abs(grad).max()) > 0
+
+
+def test_log_volume_change_on_input_is_the_change_of_the_tissue_that_starts_there():
+    """``phi(x) = x + a sin(2 pi x_0 / P)`` along axis 0: the tissue at input voxel ``y``
+    ends up at ``x* = phi^-1(y)`` (SciPy's root finder) and its log volume change is
+    ``-log(1 + a (2 pi / P) cos(2 pi x* / P))``; on the warped grid the same formula holds
+    at ``x = y`` itself, a different map."""
+    import scipy.optimize
+
+    spatial, a, period = (48, 4, 3), 1.5, 24.0
+    k = 2 * np.pi / period
+    x0 = np.arange(spatial[0], dtype=np.float64)
+    field = np.zeros((*spatial, 3), np.float32)
+    field[..., 0] = (a * np.sin(k * x0))[:, None, None]
+    forward = lambda x: x + a * np.sin(k * x)
+    start = np.array(
+        [
+            scipy.optimize.brentq(lambda x, y: forward(x) - y, y - 2 * a, y + 2 * a, args=(y,))
+            for y in x0
+        ]
+    )
+    want_input = -np.log1p(a * k * np.cos(k * start))
+    want_output = -np.log1p(a * k * np.cos(k * x0))
+    got_input = np.asarray(ji.log_volume_change_on_input(jnp.asarray(field)))[:, 1, 1]
+    got_output = np.asarray(ji.log_volume_change(jnp.asarray(field)))[:, 1, 1]
+    inner = slice(4, -4)
+    np.testing.assert_allclose(got_output[inner], want_output[inner], atol=0.03)
+    np.testing.assert_allclose(got_input[inner], want_input[inner], atol=0.03)
+    assert np.abs(want_input - want_output)[inner].max() > 0.15  # the frames differ
+
+
+def test_log_volume_change_on_input_is_minus_the_inverse_flows_map():
+    """For the flow of ``v`` the inverse is the flow of ``-v``, and the tissue starting at
+    ``y`` changes volume by the inverse of that flow's change at ``y``: the two routes
+    agree inside the volume."""
+    rng = np.random.default_rng(5)
+    velocity = jnp.asarray(_smooth_field(rng, (16, 16, 16), sigma=3.0, amplitude=3.0))
+    u = ji.integrate_velocity(velocity, steps=7)
+    got = np.asarray(ji.log_volume_change_on_input(u))
+    want = -np.asarray(ji.log_volume_change(ji.integrate_velocity(-velocity, steps=7)))
+    output = np.asarray(ji.log_volume_change(u))
+    inner = (slice(3, -3),) * 3
+    assert np.abs(want[inner]).max() > 0.3
+    assert np.abs(got - want)[inner].max() < 0.05 * np.abs(want[inner]).max()
+    assert np.abs(output - want)[inner].max() > 0.2 * np.abs(want[inner]).max()
