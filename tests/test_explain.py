@@ -176,14 +176,22 @@ def test_outputs_on_the_model_grid(run):
 
 
 def test_log_volume_change_is_that_of_the_saved_field(run):
-    for row in _rows(run["out"] / "scans.csv")[:3]:
+    """The default frame ("diseased"): a control's map lies on its simulated image, a
+    patient's on the patient's own scan (the saved field's map read at its inverse)."""
+    rows = _rows(run["out"] / "scans.csv")
+    for row in rows[:2] + rows[-3:]:
         folder = run["out"] / "scans" / row["scan_id"]
         field, _ = _load(folder / "displacement.nii.gz")
-        lvc, _ = _load(folder / "log_volume_change.nii.gz")
-        expected = np.asarray(ji.log_volume_change(jnp.asarray(field)))
-        np.testing.assert_allclose(lvc, expected, atol=1e-5)
+        lvc, img = _load(folder / "log_volume_change.nii.gz")
+        on_output = np.asarray(ji.log_volume_change(jnp.asarray(field)))
+        on_input = np.asarray(ji.log_volume_change_on_input(jnp.asarray(field)))
+        assert row["map_on"] == {"inject": "simulated", "remove": "input"}[row["task"]]
+        np.testing.assert_allclose(lvc, on_input if row["map_on"] == "input" else on_output,
+                                   atol=1e-5)  # fmt: skip
+        assert row["map_on"] in img.header["descrip"].tobytes().decode()
         folding = float(ji.folding_fraction(jnp.asarray(field)))
         assert float(row["folding_fraction"]) == pytest.approx(folding, abs=1e-7)
+        assert np.abs(on_input - on_output).max() > 5e-5  # the frames differ (tiny fields)
 
 
 def test_logits_are_the_classifiers(run):
@@ -479,6 +487,8 @@ def test_refusals_and_clear_errors(run, tmp_path):
     with pytest.raises(ValueError, match="smooth_fwhm must be"):
         ex.explain(config, workdir, table, tmp_path / "o4", smooth_fwhm=-4.0)
     assert not (tmp_path / "o4").exists()
+    with pytest.raises(ValueError, match="map_frame must be one of"):
+        ex.explain(config, workdir, table, tmp_path / "o5", map_frame="healed")
     # An earlier explain output that holds an input is never replaced.
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -564,9 +574,20 @@ def test_explain_from_command_line_arguments(run, tmp_path):
     assert json.loads((out / ex.MANIFEST).read_text())["smooth_fwhm_mm"] == 0.0
     ex.run(parser.parse_args([*argv, "--overwrite", "--smooth-fwhm", "8"]))
     assert (out / "COMPLETE").is_file() and not (out / "stale.txt").exists()
-    assert json.loads((out / ex.MANIFEST).read_text())["smooth_fwhm_mm"] == 8.0
+    manifest = json.loads((out / ex.MANIFEST).read_text())
+    assert manifest["smooth_fwhm_mm"] == 8.0
+    assert manifest["map_frame"] == {"name": "diseased", "inject": "simulated", "remove": "input"}
+    # --map-frame simulated: a patient's map on the healed image, the saved field's own.
+    ex.run(parser.parse_args([*argv, "--overwrite", "--map-frame", "simulated"]))
+    assert json.loads((out / ex.MANIFEST).read_text())["map_frame"]["remove"] == "simulated"
+    field, _ = _load(out / "scans" / "sub-0011" / "displacement.nii.gz")
+    lvc, _ = _load(out / "scans" / "sub-0011" / "log_volume_change.nii.gz")
+    np.testing.assert_allclose(lvc, ji.log_volume_change(jnp.asarray(field)), atol=1e-5)
+    assert {r["map_on"] for r in _rows(out / "scans.csv")} == {"simulated"}
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--map-frame", "healed"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    for text in (ex.FIELD_DESCRIP, ex.NATIVE_FIELD_DESCRIP, ex.LVC_DESCRIP):
+    for text in (ex.FIELD_DESCRIP, ex.NATIVE_FIELD_DESCRIP, *ex.LVC_DESCRIP.values()):
         assert len(text.encode("ascii")) <= 80
 
 

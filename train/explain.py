@@ -13,8 +13,15 @@ disease injected (task 0), patients (label 1) get it removed (task 1). What come
 - the displacement field ``u`` as a 4D NIfTI ``(X, Y, Z, 3)``: component ``k`` is the
   displacement along model-grid array axis ``k`` (R, A, S after reorientation), in MODEL
   VOXELS, pull-back convention (stated in the header's ``descrip``);
-- the explanation map ``log_volume_change = -log det(I + du/dx)``
-  (`jaxinterp.log_volume_change`): positive = the tissue grew, negative = it shrank;
+- the explanation map, the log volume change ``-log det(I + du/dx)``
+  (`jaxinterp.log_volume_change`): positive = the tissue grew, negative = it shrank. It is
+  located on the DISEASED anatomy (``map_frame="diseased"``, ``--map-frame``): for a
+  control, on the simulated image (where the tissue ends up); for a patient, on the
+  patient's own scan (where the tissue starts: the map read at the inverse warp,
+  `jaxinterp.log_volume_change_on_input`), so that both directions are read, averaged and
+  scored where the disease is and where a synthetic cohort's truth lies. ``"simulated"``
+  puts both on the simulated image (the paper's reading), ``"input"`` both on the scan
+  given; ``scans.csv`` says per scan (``map_on``);
 - the classifier's logits of the scan, of its simulation and of the simulation sent back
   (cycled), and the fraction of voxels where the warp folds, in ``scans.csv``.
 
@@ -116,7 +123,7 @@ from jaxinterp import saliency
 from jaxinterp.atomic import jsonable, new_folder_beside, publish, write_json, write_text
 from jaxinterp.data import DataError, Scan, VolumeInfo, load_volume, read_table, save_nifti
 from jaxinterp.data import resample_to_native as _resample_to_native
-from jaxinterp.jacobian import folding_fraction, log_volume_change
+from jaxinterp.jacobian import folding_fraction, log_volume_change, log_volume_change_on_input
 from jaxinterp.losses import INJECT, REMOVE
 from jaxinterp.nn import Classifier
 from jaxinterp.nn.simulator import IMAGE_OUTPUTS
@@ -160,7 +167,16 @@ KIND = "jaxinterp-explain"
 # NIfTI descrip fields (at most 80 ASCII bytes each).
 FIELD_DESCRIP = "u in model voxels, comp k = array axis k; pull-back sim(x)=img(x+u(x))"
 NATIVE_FIELD_DESCRIP = "u in world mm along R,A,S; pull-back sim(x)=img(x+u(x))"
-LVC_DESCRIP = "log volume change -log det(I+du/dx); + = tissue grew, - = shrank"
+LVC_DESCRIP = {  # per frame of the map (MAP_FRAMES)
+    "simulated": "log volume change -log det(I+du/dx) on the simulated image; + = grew",
+    "input": "log volume change on the input scan (map at the inverse warp); + = grew",
+}
+# Where each direction's map lies: (inject, remove), each "simulated" or "input".
+MAP_FRAMES = {
+    "diseased": ("simulated", "input"),
+    "simulated": ("simulated", "simulated"),
+    "input": ("input", "input"),
+}
 TEMPLATE_FIELD_DESCRIP = "template->scan, model voxels; scan(x+u(x)) ~ template(x)"
 SIMULATED_DESCRIP = "simulated image (z-scored units), {task} by jaxinterp simulator"
 
@@ -168,7 +184,9 @@ _CONVENTIONS = {
     "grid": "maps on the model grid of load_volume (RAS+ axes, affine voxel -> world mm)",
     "displacement": "(X, Y, Z, 3), model voxels, component k along array axis k; pull-back: "
     "simulated(x) = image(x + u(x)); native/ fields: world mm along R, A, S",
-    "log_volume_change": "-log det(I + du/dx): positive = tissue grew, negative = shrank",
+    "log_volume_change": "-log det(I + du/dx): positive = tissue grew, negative = shrank; "
+    "located per map_frame: on the simulated image (where the tissue ends up) or on the "
+    "input scan (where it starts: the map read at y + w(y), w the inverse warp)",
     "tasks": "controls (label 0): inject disease (task 0); patients (label 1): remove (task 1)",
     "logits": "positive = diseased; logit_shift = (simulated - raw) * (+1 inject, -1 remove)",
     "group_maps": "voxel-wise mean and one-sample t (t = 0 where the std is 0) on the model "
@@ -232,13 +250,19 @@ class _Moments:
 # ------------------------------------------------------------------------------ inference
 
 
-def _simulate_fn(simulator, classifier):
-    """Jitted ``(sim_vars, clf_vars, images (N, D, H, W), tasks (N,)) -> dict of arrays``."""
+def _simulate_fn(simulator, classifier, map_frame: str):
+    """Jitted ``(sim_vars, clf_vars, images (N, D, H, W), tasks (N,)) -> dict of arrays``;
+    each task's map located as `MAP_FRAMES` ``[map_frame]`` says."""
+    on_input = [frame == "input" for frame in MAP_FRAMES[map_frame]]  # per task code
 
     def fn(sim_variables, clf_variables, images, tasks):
         x = images[..., None]
         out = simulator.apply(sim_variables, x, tasks, train=False)
         field = out.displacement.astype(jnp.float32)
+        change = log_volume_change(field)
+        if any(on_input):
+            select = jnp.asarray(on_input)[tasks].reshape(-1, 1, 1, 1)
+            change = jnp.where(select, log_volume_change_on_input(field), change)
         simulated = out.image.astype(jnp.float32)
         back = simulator.apply(sim_variables, simulated, 1 - tasks, train=False)
         n = images.shape[0]
@@ -247,7 +271,7 @@ def _simulate_fn(simulator, classifier):
         return {
             "simulated": simulated[..., 0],
             "displacement": field,
-            "log_volume_change": log_volume_change(field),
+            "log_volume_change": change,
             "folding_fraction": folding_fraction(field),
             "max_displacement": jnp.max(jnp.linalg.norm(field, axis=-1), axis=(1, 2, 3)),
             "logit_raw": logits[:n],
@@ -558,6 +582,7 @@ def explain(
     template: str | os.PathLike | None = None,
     registration: RegistrationConfig | None = None,
     smooth_fwhm: float = 0.0,
+    map_frame: str = "diseased",
 ) -> dict[str, Any]:
     """Explains the classifier of ``model_workdir`` on every scan of a table.
 
@@ -601,6 +626,9 @@ def explain(
       registration: the optimisation of `jaxinterp.register.register` (None: defaults).
       smooth_fwhm: FWHM in mm of the Gaussian kernel applied to every scan's maps before
         group maps and scores (see the module docstring); 0 = none.
+      map_frame: where each direction's log-volume-change map lies, a key of `MAP_FRAMES`:
+        ``"diseased"`` (inject on the simulated image, remove on the patient's scan),
+        ``"simulated"`` (both on the simulated image) or ``"input"`` (both on the scan).
 
     Returns:
       The summary also written to ``out_dir/explain.json``.
@@ -617,6 +645,8 @@ def explain(
         raise ValueError(f"unknown saliency method(s) {unknown}; choose from {list(METHODS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if map_frame not in MAP_FRAMES:
+        raise ValueError(f"map_frame must be one of {list(MAP_FRAMES)}, got {map_frame!r}")
     if ig_steps < 1:
         raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
     simulator_name = simulator_name or simulator_folder(config)
@@ -743,6 +773,7 @@ def explain(
             truth_source=truth_source,
             to_tpl=to_tpl,
             smooth_fwhm=float(smooth_fwhm),
+            map_frame=map_frame,
         )
         summary.update(
             kind=KIND,
@@ -823,6 +854,7 @@ def _explain_into(
     truth_source: _TruthSource | None,
     to_tpl: _ToTemplate | None = None,
     smooth_fwhm: float = 0.0,
+    map_frame: str = "diseased",
 ) -> dict[str, Any]:
     simulator, member_variables, classifier, clf_variables = models
     smooth = _smoother(smooth_fwhm)
@@ -865,7 +897,7 @@ def _explain_into(
     region_names = [atlas_names.get(k, f"label_{k}") for k in region_labels]
     region_values = np.full((n, len(region_labels)), np.nan)
 
-    simulate_fn = _simulate_fn(simulator, classifier)
+    simulate_fn = _simulate_fn(simulator, classifier, map_frame)
     saliency_fn = None
     if methods:
         steps = simulator.config.integration_steps
@@ -911,7 +943,8 @@ def _explain_into(
                 f"{folder}/simulated.nii.gz", simulated, aff, SIMULATED_DESCRIP.format(task=task)
             )
             writer.nifti(f"{folder}/displacement.nii.gz", field, aff, FIELD_DESCRIP)
-            writer.nifti(f"{folder}/log_volume_change.nii.gz", lvc, aff, LVC_DESCRIP)
+            map_on = MAP_FRAMES[map_frame][tasks[i]]
+            writer.nifti(f"{folder}/log_volume_change.nii.gz", lvc, aff, LVC_DESCRIP[map_on])
             for m in methods:
                 writer.nifti(
                     f"{folder}/saliency_{m}.nii.gz",
@@ -922,7 +955,7 @@ def _explain_into(
                 saliency_moments[(m, group, "mean")].add(saliency_group[m])
                 saliency_moments[(m, group, "absmean")].add(np.abs(saliency_group[m]))
             if native:
-                _write_native(writer, folder, scan.path, info, lvc, simulated, field, task)
+                _write_native(writer, folder, scan.path, info, lvc, simulated, field, task, map_on)
             lvc_moments[task].add(lvc_group)
             if to_tpl is not None:
                 writer.nifti(
@@ -949,6 +982,7 @@ def _explain_into(
                 "logit_shift": float(shift),
                 "folding_fraction": float(result["folding_fraction"][j]),
                 "max_displacement": float(result["max_displacement"][j]),
+                "map_on": map_on,
             }
             if to_tpl is not None:
                 row["registration_mismatch_before"] = float(to_tpl.before[i])
@@ -1284,6 +1318,7 @@ def _explain_into(
         "occlusion": occlusion_info,
         "native": bool(native),
         "smooth_fwhm_mm": smooth_fwhm,
+        "map_frame": {"name": map_frame, **dict(zip(("inject", "remove"), MAP_FRAMES[map_frame]))},
         "logits": logits,
         "folding_fraction": {"mean": float(folding.mean()), "max": float(folding.max())},
         "regions": region_summary,
@@ -1314,14 +1349,18 @@ def _subject_truth(source, scan, shape, affine, label, group_truth) -> np.ndarra
     return _on_grid(path, shape, affine, order=1)
 
 
-def _write_native(writer, folder, path, info: VolumeInfo, lvc, simulated, field, task) -> None:
+def _write_native(
+    writer, folder, path, info: VolumeInfo, lvc, simulated, field, task, map_on
+) -> None:
     """The scan's maps on its native grid; the field converted to world mm (R, A, S)."""
     native_img = nib.funcs.squeeze_image(nib.load(path))
     aff = info.native_affine
     resample = functools.partial(
         _resample_to_native, model_affine=info.model_affine, native_img=native_img
     )
-    writer.nifti(f"{folder}/native/log_volume_change.nii.gz", resample(lvc), aff, LVC_DESCRIP)
+    writer.nifti(
+        f"{folder}/native/log_volume_change.nii.gz", resample(lvc), aff, LVC_DESCRIP[map_on]
+    )
     writer.nifti(
         f"{folder}/native/simulated.nii.gz",
         resample(simulated),
@@ -1409,6 +1448,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="smooth every scan's maps with a Gaussian of this FWHM in mm before group maps "
         "and scores, as morphometry does before group statistics (default 0: none)",
     )
+    parser.add_argument(
+        "--map-frame",
+        choices=list(MAP_FRAMES),
+        default="diseased",
+        help="where the log-volume-change maps lie: 'diseased' (default; inject on the "
+        "simulated image, remove on the patient's own scan), 'simulated' (both on the "
+        "simulated image, the paper's reading) or 'input' (both on the scan given)",
+    )
     parser.add_argument("--atlas", help="NIfTI label image for the regional summary")
     parser.add_argument("--atlas-names", help="CSV/TSV with columns label,name for the atlas")
     parser.add_argument(
@@ -1480,6 +1527,7 @@ def run(args: argparse.Namespace) -> dict:
         template=args.template,
         registration=RegistrationConfig(steps=args.register_steps),
         smooth_fwhm=args.smooth_fwhm,
+        map_frame=args.map_frame,
     )
     keys = ("out_dir", "n_scans", "groups", "logits", "folding_fraction", "evaluation")
     return {k: summary[k] for k in keys}
