@@ -524,6 +524,8 @@ def test_report_writes_figures_and_page(run, tmp_path):
         assert f"figures/{p.name}" in text
     assert "Evaluation against the truth" in text and "simulator_inject" in text
     assert "## Regions" in text
+    assert "the patients' (disease removed) on their own scans." in text
+    assert "the controls' (disease injected) on their simulated, diseased images" in text
     assert "right sign where the classifier looks" in text
     for region in run["cohort"].region_masks:
         assert f"| {region} |" in text  # the classifier-use table

@@ -287,6 +287,13 @@ def _page(
         f"colour scale symmetric about 0 up to the 99th percentile of |map| in the brain; "
         f"voxels below {_THRESHOLD_FRACTION:.0%} of it are transparent.",
     ]
+    frame = summary.get("map_frame") or {"inject": "simulated", "remove": "simulated"}
+    lines.append(
+        "- Where the maps lie: the controls' (disease injected) on "
+        + ("their own scans" if frame["inject"] == "input" else "their simulated, diseased images")
+        + "; the patients' (disease removed) on "
+        + ("their own scans." if frame["remove"] == "input" else "their simulated, healed images.")
+    )
     if summary.get("smooth_fwhm_mm"):
         lines.append(
             f"- Every scan's maps were smoothed (Gaussian, FWHM {summary['smooth_fwhm_mm']:g} mm) "
