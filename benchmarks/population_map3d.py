@@ -13,10 +13,12 @@ cohort's group truth, as NCC over the brain and as its mean in each truth region
 the truth's; over the first ``n`` scans of the group, the median NCC of the whole
 simulator's map with the group truth, the network's share of the drawn growth (``sum
 |growth - map| / sum |growth|`` over the brain, per scan), and the NCC of their mean map
-with the group truth twice: each map on the simulated scan's grid, as `jaxinterp explain`
-writes it, and located on the input scan instead (`input_frame_change`: the value where
-each bit of tissue starts, not where it ends). The truth lies on the diseased anatomy:
-the simulated scan for inject, the input scan for remove. ``--step N`` reads the
+with the group truth twice: each map on the simulated scan's grid (``explain
+--map-frame simulated``), and located on the input scan instead (`input_frame_change`:
+the value where each bit of tissue starts, not where it ends, through the exact inverse
+warp; `explain` reads the map at a fixed-point inverse instead,
+`jaxinterp.log_volume_change_on_input`). The truth lies on the diseased anatomy: the
+simulated scan for inject, the input scan for remove (``explain``'s default frame). ``--step N`` reads the
 checkpoint of step N instead of the last; ``--save FOLDER`` writes the map alone's log
 volume change per direction as NIfTI (for `map_profile3d.py --map`).
 """

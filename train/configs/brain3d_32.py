@@ -56,21 +56,24 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
   every remove example (the disease is one change; removing it undoes it, the inverse
   warp), trained by both directions with its own SGD. Against three seeds' classifiers
   (72.5-85%), 200 steps each: group NCC 0.82 / 0.75 (inject 0.78-0.84, remove
-  0.71-0.77), against 0.81 / 0.70 for a map for inject alone (the default before), 0.67 /
+  0.71-0.77; remove maps on the healed scan, as for the others), against 0.81 / 0.70
+  for a map for inject alone (the default before), 0.67 /
   0.71 for the network alone and 0.83 / 0.67 with a separate map per task, whose remove
   map ripples over the brain. Its worse direction is the best of the four on every seed,
   and its remove moves the classifier nearly as the network alone's does: 85% of
   patients end on the control side (89%; 77% with the map for inject alone). The same
-  map scores 0.84 as inject and 0.77 as remove on seed 0: the remove map lies on the
-  healed scan's grid, the truth on the patient's; moved onto the patient's scan it
-  scores 0.84 / 0.79 / 0.83 on the three seeds (`benchmarks/population_map3d.py`).
+  map scored 0.84 as inject and 0.77 as remove on seed 0: the remove map lay on the
+  healed scan's grid, the truth on the patient's. `explain` now writes it on the
+  patient's own scan (``--map-frame``): remove 0.85 / 0.80 / 0.84 on the three seeds
+  (0.83 on average, inject 0.82), per-scan medians 0.84 / 0.78 / 0.82.
   All measured at 200 steps, not this config's 900: seed 1 resumed to 400 steps scores
   lower (0.75 / 0.67 against 0.78 / 0.71).
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
 without, before the population map; -0.012 / -0.015 with a map for both tasks; -0.005 /
-0.110 with the map for inject alone; -0.042 / 0.010 with the tied map), as the velocity
+0.110 with the map for inject alone; -0.042 / 0.010 with the tied map, -0.042 / -0.014
+with its remove maps on the patients' scans), as the velocity
 field's did.
 Unlike the 2D simulator (`synth2d`) it keeps BatchNorm: with batch statistics and with
 running averages it moves the logits alike (17.6 and 17.7 logits, inject; velocity field).
