@@ -56,10 +56,9 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
   every remove example (the disease is one change; removing it undoes it, the inverse
   warp), trained by both directions with its own SGD. Against three seeds' classifiers
   (72.5-85%), 200 steps each: group NCC 0.82 / 0.75 (inject 0.78-0.84, remove
-  0.71-0.77; remove maps on the healed scan, as for the others), against 0.81 / 0.70
-  for a map for inject alone (the default before), 0.67 /
-  0.71 for the network alone and 0.83 / 0.67 with a separate map per task, whose remove
-  map ripples over the brain. Its worse direction is the best of the four on every seed,
+  0.71-0.77; remove maps on the healed scan, as for the others), against 0.81 / 0.70 for
+  a map for inject alone (the default before), 0.67 / 0.71 for the network alone and
+  0.83 / 0.67 with a separate map per task, whose remove map ripples over the brain. Its worse direction is the best of the four on every seed,
   and its remove moves the classifier nearly as the network alone's does: 85% of
   patients end on the control side (89%; 77% with the map for inject alone). The same
   map scored 0.84 as inject and 0.77 as remove on seed 0: the remove map lay on the
