@@ -18,9 +18,9 @@ with the group truth twice: each map on the simulated scan's grid (``explain
 the value where each bit of tissue starts, not where it ends, through the exact inverse
 warp; `explain` reads the map at a fixed-point inverse instead,
 `jaxinterp.log_volume_change_on_input`). The truth lies on the diseased anatomy: the
-simulated scan for inject, the input scan for remove (``explain``'s default frame). ``--step N`` reads the
-checkpoint of step N instead of the last; ``--save FOLDER`` writes the map alone's log
-volume change per direction as NIfTI (for `map_profile3d.py --map`).
+simulated scan for inject, the input scan for remove (``explain``'s default frame).
+``--step N`` reads the checkpoint of step N instead of the last; ``--save FOLDER`` writes
+the map alone's log volume change per direction as NIfTI (for `map_profile3d.py --map`).
 """
 
 from __future__ import annotations

@@ -55,21 +55,22 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
   learned map added to the network's output for every inject example and subtracted for
   every remove example (the disease is one change; removing it undoes it, the inverse
   warp), trained by both directions with its own SGD. Against three seeds' classifiers
-  (72.5-85%), 200 steps each: group NCC 0.82 / 0.75 (inject 0.78-0.84, remove
-  0.71-0.77; remove maps on the healed scan, as for the others), against 0.81 / 0.70 for
-  a map for inject alone (the default before), 0.67 / 0.71 for the network alone and
-  0.83 / 0.67 with a separate map per task, whose remove map ripples over the brain. Its worse direction is the best of the four on every seed,
-  and its remove moves the classifier nearly as the network alone's does: 85% of
-  patients end on the control side (89%; 77% with the map for inject alone). The same
-  map scored 0.84 as inject and 0.77 as remove on seed 0: the remove map lay on the
-  healed scan's grid, the truth on the patient's. `explain` now writes it on the
-  patient's own scan (``--map-frame``): remove 0.85 / 0.80 / 0.84 on the three seeds
-  (0.83 on average, inject 0.82), per-scan medians 0.84 / 0.78 / 0.82.
+  (72.5-85%), 200 steps each: group NCC 0.82 / 0.75 (inject 0.78-0.84, remove 0.71-0.77;
+  remove maps on the healed scan, as for the others), against 0.81 / 0.70 for a map for
+  inject alone (the default before), 0.67 / 0.71 for the network alone and 0.83 / 0.67
+  with a separate map per task, whose remove map ripples over the brain. Its worse
+  direction is the best of the four on every seed, and its remove moves the classifier
+  nearly as the network alone's does: 85% of patients end on the control side (89%; 77%
+  with the map for inject alone). The same map scored 0.84 as inject and 0.77 as remove
+  on seed 0: the remove map lay on the healed scan's grid, the truth on the patient's.
+  `explain` now writes it on the patient's own scan (``--map-frame``): remove 0.85 /
+  0.80 / 0.84 on the three seeds (0.83 on average, inject 0.82), per-scan medians 0.84 /
+  0.78 / 0.82.
 * 200 simulator steps (900 before the tied map): with the tied map and maps on the
-  diseased anatomy, the three seeds' checkpoints at 100 / 200 / 400 steps score 0.82 /
-  0.82 / 0.80 (inject) and 0.82 / 0.83 / 0.82 (remove) on average, worst seed 0.79 /
-  0.78 / 0.75; every seed scores less at 400 than at 200 in both directions. 200 moves
-  more patients past delta than 100 (83% against 76%).
+  diseased anatomy, the three seeds' checkpoints at 100 / 200 / 400 steps score 0.821 /
+  0.820 / 0.799 (inject) and 0.822 / 0.827 / 0.815 (remove) on average, the worst seed
+  in its worse direction 0.79 / 0.78 / 0.75; every seed scores less at 400 than at 200
+  in both directions. 200 moves more patients past delta than 100 (83% against 76%).
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
