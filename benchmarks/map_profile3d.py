@@ -22,6 +22,14 @@ peaks at 0.
 
 profiles one NIfTI map instead (e.g. a free growth map from `truth_cost3d.py --save`), with
 the brain mask of an explain output.
+
+    python benchmarks/map_profile3d.py --explain runs/a/explain --cohort C --compare runs/b/explain
+
+adds a third table: how far two explain outputs' group maps (two simulators against one
+classifier, say) agree, as their NCC near the region (bands 0-3), in the far band and over
+the brain. Two runs whose far bands correlate draw the same ripple: it comes from what they
+share (the classifier, the objective), and averaging them keeps it; two that do not draw
+each its own, which an average shrinks.
 """
 
 from __future__ import annotations
@@ -88,6 +96,20 @@ def distance_profile(
     }
 
 
+def band_agreement(
+    a: np.ndarray, b: np.ndarray, brain: np.ndarray, region: np.ndarray
+) -> dict[str, float]:
+    """NCC of maps ``a`` and ``b`` near ``region`` (bands 0-3 of `band_masks`), in the far
+    band, and over the whole ``brain``."""
+    masks = band_masks(brain, region)
+    near = np.any(masks[:-1], axis=0)
+    return {
+        "near": brain_ncc(a, b, near),
+        "far": brain_ncc(a, b, masks[-1]),
+        "brain": brain_ncc(a, b, brain),
+    }
+
+
 def blur_match(
     map_: np.ndarray, truth: np.ndarray, brain: np.ndarray, sigmas=BLUR_SIGMAS
 ) -> dict[float, float]:
@@ -107,9 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--brain", help="with --map: an explain output for its brain mask")
     parser.add_argument("--cohort", required=True, help="a `jaxinterp synth3d` output folder")
     parser.add_argument("--region", default="ventricles", help="mask name in COHORT/masks")
+    parser.add_argument(
+        "--compare", help="with --explain: a second explain output whose group maps to correlate"
+    )
     args = parser.parse_args(argv)
     if args.map and not args.brain:
         parser.error("--map needs --brain (an explain output folder)")
+    if args.compare and not args.explain:
+        parser.error("--compare needs --explain (two explain outputs' group maps)")
     cohort = Path(args.cohort)
     truth = read_map(cohort / "group_truth.nii.gz")
     brain = read_map(Path(args.explain or args.brain, "group", "brain_mask.nii.gz")) > 0.5
@@ -142,6 +169,15 @@ def main(argv: list[str] | None = None) -> None:
         match = blur_match(map_, truth, brain)
         best = max(match, key=match.get)
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in match.values()) + f" | {best:g} |")
+    if args.compare:
+        other = group_maps(args.compare)
+        print()
+        print(f"Agreement with {args.compare}'s group maps (NCC)")
+        print("| direction | near (bands 0-3) | far | brain |")
+        print("|---|---|---|---|")
+        for direction, map_ in group_maps(args.explain).items():
+            agree = band_agreement(map_, other[direction], brain, region)
+            print(f"| {direction} | " + " | ".join(f"{v:.3f}" for v in agree.values()) + " |")
 
 
 if __name__ == "__main__":

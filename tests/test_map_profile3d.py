@@ -3,7 +3,7 @@
 import numpy as np
 import scipy.ndimage
 
-from benchmarks.map_profile3d import blur_match, distance_profile
+from benchmarks.map_profile3d import band_agreement, blur_match, distance_profile
 
 
 def test_profile_bands_and_far_ripple():
@@ -58,3 +58,24 @@ def test_blur_match_finds_the_blur_of_a_smoothed_truth():
     np.testing.assert_allclose(blur_match(noisy, truth, brain, (0.0,))[0.0], expected, rtol=1e-5)
     noisy_match = blur_match(noisy, truth, brain)
     assert max(noisy_match, key=noisy_match.get) == 0.0
+
+
+def test_band_agreement_separates_a_shared_region_from_independent_ripples():
+    rng = np.random.default_rng(2)
+    shape = (14, 14, 14)
+    region = np.zeros(shape, bool)
+    region[6:8, 6:8, 6:8] = True
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    near = scipy.ndimage.distance_transform_edt(~region) < 3.5
+    shared = np.where(near, rng.normal(size=shape), 0.0)
+    a = shared + np.where(near, 0.0, rng.normal(size=shape))
+    b = shared + np.where(near, 0.0, rng.normal(size=shape))
+    agree = band_agreement(a, b, brain, region)
+    np.testing.assert_allclose(agree["near"], 1.0, atol=1e-5)
+    far = brain & ~near
+    np.testing.assert_allclose(agree["far"], np.corrcoef(a[far], b[far])[0, 1], atol=1e-5)
+    assert abs(agree["far"]) < 0.15
+    np.testing.assert_allclose(agree["brain"], np.corrcoef(a[brain], b[brain])[0, 1], atol=1e-5)
+    # the same ripple in both: the far band agrees as well as the region
+    assert band_agreement(a, a + 0.01 * b, brain, region)["far"] > 0.99
