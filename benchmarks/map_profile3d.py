@@ -25,11 +25,13 @@ the brain mask of an explain output.
 
     python benchmarks/map_profile3d.py --explain runs/a/explain --cohort C --compare runs/b/explain
 
-adds a third table: how far two explain outputs' group maps (two simulators against one
-classifier, say) agree, as their NCC near the region (bands 0-3), in the far band and over
-the brain. Two runs whose far bands correlate draw the same ripple: it comes from what they
-share (the classifier, the objective), and averaging them keeps it; two that do not draw
-each its own, which an average shrinks.
+adds a third table: how far the group maps agree with another explain output's (two
+simulators against one classifier, say) or with one NIfTI map (the classifier's own growth
+response, `explain --methods growth_gradient`'s ``group/saliency_growth_gradient_*_mean``),
+and with the truth: their NCC near the region (bands 0-3), in the far band and over the
+brain. A far band that agrees between runs comes from what they share (the classifier, the
+objective), and averaging them keeps it; one that follows the classifier's growth response
+and not the truth is the classifier's reading of places the disease does not touch.
 """
 
 from __future__ import annotations
@@ -130,13 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cohort", required=True, help="a `jaxinterp synth3d` output folder")
     parser.add_argument("--region", default="ventricles", help="mask name in COHORT/masks")
     parser.add_argument(
-        "--compare", help="with --explain: a second explain output whose group maps to correlate"
+        "--compare",
+        help="with --explain: another explain output (its group maps) or a NIfTI map to correlate",
     )
     args = parser.parse_args(argv)
     if args.map and not args.brain:
         parser.error("--map needs --brain (an explain output folder)")
     if args.compare and not args.explain:
-        parser.error("--compare needs --explain (two explain outputs' group maps)")
+        parser.error("--compare needs --explain (the group maps to correlate)")
     cohort = Path(args.cohort)
     truth = read_map(cohort / "group_truth.nii.gz")
     brain = read_map(Path(args.explain or args.brain, "group", "brain_mask.nii.gz")) > 0.5
@@ -170,14 +173,24 @@ def main(argv: list[str] | None = None) -> None:
         best = max(match, key=match.get)
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in match.values()) + f" | {best:g} |")
     if args.compare:
-        other = group_maps(args.compare)
+        if Path(args.compare).is_dir():
+            other = group_maps(args.compare)
+        else:
+            map_ = read_map(args.compare)
+            if map_.shape != truth.shape:
+                parser.error(
+                    f"{args.compare}: shape {map_.shape}, the cohort's truth {truth.shape}"
+                )
+            other = {"inject": map_, "remove": map_}
         print()
-        print(f"Agreement with {args.compare}'s group maps (NCC)")
-        print("| direction | near (bands 0-3) | far | brain |")
-        print("|---|---|---|---|")
+        print(f"Agreement (NCC) of the group maps with {args.compare} and with the truth")
+        print("| direction | with | near (bands 0-3) | far | brain |")
+        print("|---|---|---|---|---|")
         for direction, map_ in group_maps(args.explain).items():
-            agree = band_agreement(map_, other[direction], brain, region)
-            print(f"| {direction} | " + " | ".join(f"{v:.3f}" for v in agree.values()) + " |")
+            for name, ref in (("compared", other[direction]), ("truth", truth)):
+                agree = band_agreement(map_, ref, brain, region)
+                cells = " | ".join(f"{v:.3f}" for v in agree.values())
+                print(f"| {direction} | {name} | {cells} |")
 
 
 if __name__ == "__main__":

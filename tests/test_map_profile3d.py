@@ -1,9 +1,10 @@
 """benchmarks/map_profile3d.py: a map's change by distance from a region, against NumPy."""
 
+import nibabel as nib
 import numpy as np
 import scipy.ndimage
 
-from benchmarks.map_profile3d import band_agreement, blur_match, distance_profile
+from benchmarks.map_profile3d import band_agreement, blur_match, distance_profile, main
 
 
 def test_profile_bands_and_far_ripple():
@@ -79,3 +80,40 @@ def test_band_agreement_separates_a_shared_region_from_independent_ripples():
     np.testing.assert_allclose(agree["brain"], np.corrcoef(a[brain], b[brain])[0, 1], atol=1e-5)
     # the same ripple in both: the far band agrees as well as the region
     assert band_agreement(a, a + 0.01 * b, brain, region)["far"] > 0.99
+
+
+def test_cli_compares_group_maps_with_a_nifti_map_and_the_truth(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    shape = (12, 12, 12)
+    save = lambda a, path: (
+        path.parent.mkdir(parents=True, exist_ok=True),
+        nib.save(nib.Nifti1Image(a.astype(np.float32), np.eye(4)), path),
+    )
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    region = np.zeros(shape, bool)
+    region[5:7, 5:7, 5:7] = True
+    truth = scipy.ndimage.gaussian_filter(region.astype(float), 1.0)
+    inject = truth + 0.05 * rng.normal(size=shape)
+    other = inject + 0.05 * rng.normal(size=shape)
+    save(brain.astype(float), tmp_path / "ex/group/brain_mask.nii.gz")
+    save(inject, tmp_path / "ex/group/log_volume_change_inject_mean.nii.gz")
+    save(-truth, tmp_path / "ex/group/log_volume_change_remove_mean.nii.gz")  # sign flipped
+    save(truth, tmp_path / "cohort/group_truth.nii.gz")
+    save(region.astype(float), tmp_path / "cohort/masks/ventricles.nii.gz")
+    save(other, tmp_path / "other.nii.gz")
+    main([
+        "--explain", str(tmp_path / "ex"), "--cohort", str(tmp_path / "cohort"),
+        "--compare", str(tmp_path / "other.nii.gz"),
+    ])  # fmt: skip
+    rows = {
+        tuple(cells[1:3]): [float(v) for v in cells[3:6]]
+        for line in capsys.readouterr().out.splitlines()
+        if len(cells := [c.strip() for c in line.split("|")]) == 7
+        and cells[2] in ("compared", "truth")
+    }
+    f32 = lambda a: a.astype(np.float32).astype(np.float64)
+    expected = band_agreement(f32(inject), f32(other), brain, region)
+    np.testing.assert_allclose(rows["inject", "compared"], list(expected.values()), atol=6e-4)
+    np.testing.assert_allclose(rows["remove", "truth"], [1.0, 1.0, 1.0], atol=6e-4)
+    assert rows["inject", "truth"][2] < rows["remove", "truth"][2]
