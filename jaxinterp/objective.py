@@ -81,9 +81,10 @@ class ObjectiveConfig:
     # of both passes, not only on the velocity that follows from it. Velocity smoothing
     # barely charges a zero-mean ripple of growth over the brain (the Poisson solve smooths
     # it away in the velocity), and a free growth map left to the other terms puts over half
-    # its change into one. On brain3d_32 ("l1", weight 3) it smooths a free map to the
-    # truth's smoothness (NCC 0.74 -> 0.76) but leaves the simulator's maps as spread (0.62 /
-    # 0.67 against 0.66 / 0.69; benchmarks/RESULTS.md section 3), so it stays off.
+    # its change into one. On brain3d_32 ("l1", weight 3: total variation) it smooths a free
+    # map to the truth's smoothness (NCC 0.74 -> 0.76); with the network alone it left the
+    # maps as spread, but with the tied population map it lifts the group NCC on three seeds
+    # in both directions (+0.01 to +0.03), so brain3d_32 sets it (RESULTS.md section 3).
     growth_smoothness: float = 0.0
     growth_smoothness_norm: Literal["l1", "l2"] = "l2"
     # BatchNorm on the second (cycle) pass, whose inputs are simulated images: "batch" uses

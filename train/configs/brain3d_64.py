@@ -11,10 +11,13 @@ the cycle pass, L1 change term, lambda_phi = 1. The paper's settings: `--set
 simulator.output='displacement' --set simulator.coordinates=False --set
 simulator.zero_init_output=False --set objective.lambda_phi=0.02 --set
 objective.change_weight=0.0 --set objective.simulated_batch_norm='batch'`. `brain3d_32`
-has since added a volume term with a weaker smoothness term and a simulator that draws the
-log volume change (RESULTS.md section 3); not yet tried at 64^3: `--set
-objective.volume_weight=5.0 --set objective.lambda_phi=0.1 --set simulator.output='volume'`
-(and with it the full-resolution head of `brain3d_32`, `--set simulator.head_layers=1`).
+has since added a simulator that draws the log volume change with a full-resolution head,
+a strong volume term with a weaker smoothness term, a population map tied between the
+directions and total variation of the drawn growth (RESULTS.md section 3); not yet tried
+at 64^3: `--set simulator.output='volume' --set simulator.head_layers=1 --set
+objective.volume_weight=100.0 --set objective.lambda_phi=0.1 --set
+simulator.population_map='tied' --set objective.growth_smoothness=3.0 --set
+objective.growth_smoothness_norm='l1'` (`benchmarks/study64.sh` trains it beside this).
 
 Expected run time on one H200 (measured: `python benchmarks/train_step.py --config
 brain3d_64 --repeats 20`, benchmarks/RESULTS.md section 2): 6000 simulator steps of 67.9 ms,
