@@ -17,7 +17,8 @@ directions and total variation of the drawn growth (RESULTS.md section 3); not y
 at 64^3: `--set simulator.output='volume' --set simulator.head_layers=1 --set
 objective.volume_weight=100.0 --set objective.lambda_phi=0.1 --set
 simulator.population_map='tied' --set objective.growth_smoothness=3.0 --set
-objective.growth_smoothness_norm='l1'` (`benchmarks/study64.sh` trains it beside this).
+objective.growth_smoothness_norm='l1'` (`benchmarks/study64.sh`'s example trains it beside
+this config).
 
 Expected run time on one H200 (measured: `python benchmarks/train_step.py --config
 brain3d_64 --repeats 20`, benchmarks/RESULTS.md section 2): 6000 simulator steps of 67.9 ms,
