@@ -84,7 +84,8 @@ class ObjectiveConfig:
     # its change into one. On brain3d_32 ("l1", weight 3: total variation) it smooths a free
     # map to the truth's smoothness (NCC 0.74 -> 0.76); with the network alone it left the
     # maps as spread, but with the tied population map it lifts the group NCC on three seeds
-    # in both directions (+0.01 to +0.03), so brain3d_32 sets it (RESULTS.md section 3).
+    # in both directions (weight 3: +0.01 to +0.03; weight 10: every seed past 0.8), so
+    # brain3d_32 sets weight 10 (RESULTS.md section 3).
     growth_smoothness: float = 0.0
     growth_smoothness_norm: Literal["l1", "l2"] = "l2"
     # BatchNorm on the second (cycle) pass, whose inputs are simulated images: "batch" uses

@@ -16,7 +16,7 @@ a strong volume term with a weaker smoothness term, a population map tied betwee
 directions and total variation of the drawn growth (RESULTS.md section 3); not yet tried
 at 64^3: `--set simulator.output='volume' --set simulator.head_layers=1 --set
 objective.volume_weight=100.0 --set objective.lambda_phi=0.1 --set
-simulator.population_map='tied' --set objective.growth_smoothness=3.0 --set
+simulator.population_map='tied' --set objective.growth_smoothness=10.0 --set
 objective.growth_smoothness_norm='l1'` (`benchmarks/study64.sh`'s example trains it beside
 this config).
 
