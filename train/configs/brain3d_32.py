@@ -85,8 +85,8 @@ Its maps pass the randomisation check in each direction (`benchmarks/randomisati
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
 without, before the population map; -0.012 / -0.015 with a map for both tasks; -0.005 /
 0.110 with the map for inject alone; -0.042 / 0.010 with the tied map, -0.042 / -0.014
-with its remove maps on the patients' scans; 0.053 / -0.014 with total variation, seed
-2), as the velocity field's did.
+with its remove maps on the patients' scans; 0.053 / -0.014 with total variation at
+weight 3, -0.060 / 0.013 at weight 10, seed 2), as the velocity field's did.
 Unlike the 2D simulator (`synth2d`) it keeps BatchNorm: with batch statistics and with
 running averages it moves the logits alike (17.6 and 17.7 logits, inject; velocity field).
 Five times the subjects (``--set data.n_per_group=500 --set classifier_optim.steps=1500``)
