@@ -1,5 +1,6 @@
 """Training: data parallelism (1 vs 4 devices, 2 processes), exact resume after SIGKILL,
-checkpoint mismatch, non-finite loss, metrics lines, command-line errors."""
+checkpoint mismatch, non-finite loss, metrics lines, command-line errors, the configs that quote
+brain3d_32's settings."""
 
 import json
 import os
@@ -306,6 +307,28 @@ def test_settings_added_after_a_checkpoint_do_not_block_resuming():
         new = {"simulator": {"condconv_implementation": now, "field_barrier": True}}
         assert _differences(old, new) == [] and _differences({"config": old}, {"config": new}) == []
     assert _differences({"simulator": {"head_layers": 1}}, {"simulator": {"head_layers": 2}})
+
+
+def test_brain3d_64_names_brain3d_32s_settings_where_it_quotes_them():
+    """brain3d_64's docstring and study64.sh's example variant copy brain3d_32's method as
+    ``--set``s; applied to brain3d_64 they give brain3d_32's objective and simulator, all
+    but the network's size, so a change to brain3d_32 that is not carried to them fails."""
+    import dataclasses
+    import re
+
+    import train.configs.brain3d_64 as config64
+
+    doc = " ".join(config64.__doc__.split())
+    quoted = doc[doc.index("not yet tried at 64^3:") : doc.index("(`benchmarks/study64.sh")]
+    doc_sets = [s.strip("`") for s in re.findall(r"--set\s+(\S+)", quoted)]
+    script = (Path(__file__).parents[1] / "benchmarks" / "study64.sh").read_text()
+    script_sets = re.search(r'"vol64:\d+:([^"]+)"', script).group(1).split(";")
+    assert doc_sets == script_sets and len(doc_sets) == 7
+    ours, theirs = load_config("brain3d_64", doc_sets), load_config("brain3d_32")
+    assert ours.objective == theirs.objective
+    sizes = {"features": theirs.simulator.features, "bottleneck": theirs.simulator.bottleneck}
+    assert dataclasses.replace(ours.simulator, **sizes) == theirs.simulator
+    assert ours.simulator.features != theirs.simulator.features
 
 
 def test_cosine_schedule_follows_its_formula_and_pins_the_step_count():
