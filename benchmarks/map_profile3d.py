@@ -123,6 +123,24 @@ def blur_match(
     }
 
 
+def side_ratios(map_: np.ndarray, truth: np.ndarray, brain: np.ndarray, region: np.ndarray) -> dict:
+    """Near ``region`` (bands 0-3 of `band_masks`), split at the region's centroid along each
+    axis: ``ratios[axis] = (low, high)``, the map's mean over the truth's mean in the half
+    of lower and of higher index; ``ncc_near_truth``, the NCC over ``brain`` of ``map_`` with
+    its near voxels replaced by ``a * truth`` (``a`` the least-squares scale there)."""
+    near = np.any(band_masks(brain, region)[:-1], axis=0)
+    centre = np.argwhere(region).mean(axis=0)
+    index = np.indices(region.shape)
+    ratios = []
+    for axis in range(region.ndim):
+        low = near & (index[axis] < centre[axis])
+        high = near & (index[axis] >= centre[axis])
+        ratios.append(tuple(float(map_[h].mean() / truth[h].mean()) for h in (low, high)))
+    scale = (map_[near] * truth[near]).sum() / (truth[near] ** 2).sum()
+    replaced = np.where(near, scale * truth, map_)
+    return {"ratios": ratios, "ncc_near_truth": brain_ncc(replaced, truth, brain)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -182,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{args.compare}: shape {map_.shape}, the cohort's truth {truth.shape}"
                 )
             other = {"inject": map_, "remove": map_}
+            maps[Path(args.compare).name] = map_  # its sides too, in the last table
         print()
         print(f"Agreement (NCC) of the group maps with {args.compare} and with the truth")
         print("| direction | with | near (bands 0-3) | far | brain |")
@@ -191,6 +210,16 @@ def main(argv: list[str] | None = None) -> None:
                 agree = band_agreement(map_, ref, brain, region)
                 cells = " | ".join(f"{v:.3f}" for v in agree.values())
                 print(f"| {direction} | {name} | {cells} |")
+    maps.pop("truth")
+    print()
+    print(f"Near {args.region} (bands 0-3), halves split at its centre: map mean / truth mean")
+    print("| map | " + " | ".join(f"axis {k}: low / high half" for k in range(truth.ndim))
+          + " | NCC, near bands the truth |")  # fmt: skip
+    print("|---" * (truth.ndim + 2) + "|")
+    for name, map_ in maps.items():
+        sides = side_ratios(map_, truth, brain, region)
+        cells = [f"{lo:.2f} / {hi:.2f}" for lo, hi in sides["ratios"]]
+        print(f"| {name} | " + " | ".join(cells) + f" | {sides['ncc_near_truth']:.3f} |")
 
 
 if __name__ == "__main__":

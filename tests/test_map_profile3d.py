@@ -4,7 +4,13 @@ import nibabel as nib
 import numpy as np
 import scipy.ndimage
 
-from benchmarks.map_profile3d import band_agreement, blur_match, distance_profile, main
+from benchmarks.map_profile3d import (
+    band_agreement,
+    blur_match,
+    distance_profile,
+    main,
+    side_ratios,
+)
 
 
 def test_profile_bands_and_far_ripple():
@@ -82,6 +88,34 @@ def test_band_agreement_separates_a_shared_region_from_independent_ripples():
     assert band_agreement(a, a + 0.01 * b, brain, region)["far"] > 0.99
 
 
+def test_side_ratios_find_the_half_a_map_favours():
+    shape = (14, 14, 14)
+    region = np.zeros(shape, bool)
+    region[5:9, 5:9, 6:8] = True  # centre (6.5, 6.5, 6.5)
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    truth = scipy.ndimage.gaussian_filter(region.astype(float), 1.0)
+    index = np.indices(shape)
+    favoured = truth * np.where(index[1] >= 7, 3.0, 1.5)  # axis 1's high half drawn twice
+    sides = side_ratios(favoured, truth, brain, region)
+    np.testing.assert_allclose(sides["ratios"][1], (1.5, 3.0))
+    near = brain & (scipy.ndimage.distance_transform_edt(~region) < 3.5)
+    for axis in (0, 2):  # the other axes by hand: each half's means
+        halves = [near & (index[axis] < 7), near & (index[axis] >= 7)]
+        expected = [favoured[h].mean() / truth[h].mean() for h in halves]
+        np.testing.assert_allclose(sides["ratios"][axis], expected)
+    assert sides["ncc_near_truth"] > 0.999  # favoured is 0 where truth is, far from the region
+    # a map right near the region at any scale and wrong far from it: replacing the near bands
+    # changes nothing, so the NCC is NumPy's
+    rng = np.random.default_rng(4)
+    rippled = np.where(near, 2.0 * truth, truth + 0.1 * rng.normal(size=shape))
+    sides = side_ratios(rippled, truth, brain, region)
+    np.testing.assert_allclose(sides["ratios"], [(2.0, 2.0)] * 3)
+    expected = np.corrcoef(rippled[brain], truth[brain])[0, 1]
+    np.testing.assert_allclose(sides["ncc_near_truth"], expected, rtol=1e-5)
+    assert expected < 0.95
+
+
 def test_cli_compares_group_maps_with_a_nifti_map_and_the_truth(tmp_path, capsys):
     rng = np.random.default_rng(3)
     shape = (12, 12, 12)
@@ -106,9 +140,10 @@ def test_cli_compares_group_maps_with_a_nifti_map_and_the_truth(tmp_path, capsys
         "--explain", str(tmp_path / "ex"), "--cohort", str(tmp_path / "cohort"),
         "--compare", str(tmp_path / "other.nii.gz"),
     ])  # fmt: skip
+    out = capsys.readouterr().out
     rows = {
         tuple(cells[1:3]): [float(v) for v in cells[3:6]]
-        for line in capsys.readouterr().out.splitlines()
+        for line in out.splitlines()
         if len(cells := [c.strip() for c in line.split("|")]) == 7
         and cells[2] in ("compared", "truth")
     }
@@ -117,3 +152,17 @@ def test_cli_compares_group_maps_with_a_nifti_map_and_the_truth(tmp_path, capsys
     np.testing.assert_allclose(rows["inject", "compared"], list(expected.values()), atol=6e-4)
     np.testing.assert_allclose(rows["remove", "truth"], [1.0, 1.0, 1.0], atol=6e-4)
     assert rows["inject", "truth"][2] < rows["remove", "truth"][2]
+    # the last table: each map's sides, the compared NIfTI map's too
+    sides = {
+        cells[1]: cells[2:6]
+        for line in out.split("halves split at its centre")[1].splitlines()
+        if len(cells := [c.strip() for c in line.split("|")]) == 7
+        and "/" in cells[2]
+        and cells[1] != "map"
+    }
+    assert set(sides) == {"inject", "remove", "other.nii.gz"}
+    assert sides["remove"] == ["1.00 / 1.00"] * 3 + ["1.000"]
+    for name, map_ in (("inject", inject), ("other.nii.gz", other)):
+        expected = side_ratios(f32(map_), f32(truth), brain, region)
+        cells = [f"{lo:.2f} / {hi:.2f}" for lo, hi in expected["ratios"]]
+        assert sides[name] == cells + [f"{expected['ncc_near_truth']:.3f}"]
