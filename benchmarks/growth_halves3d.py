@@ -1,0 +1,129 @@
+"""How a 3D classifier answers finite growth in each half of a region, against its gradient.
+
+    python benchmarks/growth_halves3d.py --config brain3d_32 --workdir runs/b32 \
+        --table runs/cohort32/cohort.csv --n 32 --axis 1 \
+        --map runs/b32/explain/group/log_volume_change_inject_mean.nii.gz
+
+A growth map (the cohort's group truth, and each ``--map``: e.g. a simulator's group map)
+is cut to the voxels near a truth region (bands 0-3 of `map_profile3d.py`), then to the
+half of lower and of higher index along ``--axis`` (split at the region's centre), scaled
+by each of ``--scales`` and drawn into the first ``n`` controls as an ``output='volume'``
+simulator draws it (`jaxinterp.warp.poisson_velocity`, scaling and squaring, the warp).
+The table gives the mean logit shift of each part at each scale, the drawn volume (the
+part's summed log volume change at scale 1), and the first-order prediction of the shift
+at scale 1 from the classifier's growth gradient (`growth_sensitivity3d.py`), so one can
+read whether the classifier moves more per unit of growth in one half than the other, and
+whether that is in its first-order response or only in what finite growth does to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file: find the packages
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.growth_sensitivity3d import growth_sensitivity  # noqa: E402
+from benchmarks.map_profile3d import band_masks, read_map  # noqa: E402
+from jaxinterp.data import load_volume, read_table  # noqa: E402
+from jaxinterp.warp import integrate_velocity, poisson_velocity, warp  # noqa: E402
+
+
+def region_parts(brain: np.ndarray, region: np.ndarray, axis: int) -> dict[str, np.ndarray]:
+    """The voxels near ``region`` (bands 0-3), and their halves of lower and higher index
+    along ``axis``, split at the region's centroid."""
+    near = np.any(band_masks(brain, region)[:-1], axis=0)
+    centre = np.argwhere(region).mean(axis=0)[axis]
+    index = np.indices(region.shape)[axis]
+    return {
+        "near": near,
+        "low half": near & (index < centre),
+        "high half": near & (index >= centre),
+    }
+
+
+def drawn_shifts(
+    logit, images: jax.Array, growth: np.ndarray, *, scales, steps: int, mode: str, chunk: int = 8
+) -> list[float]:
+    """The mean over ``images`` ``(N, *spatial, 1)`` of ``logit(warp(x, field(s * growth))) -
+    logit(x)`` for each ``s`` in ``scales``, the field as an ``output='volume'`` simulator's."""
+    ndim = images.ndim - 2
+
+    @jax.jit
+    def shift(x, g):
+        field = integrate_velocity(poisson_velocity(g[None], ndim=ndim), steps=steps)
+        field = jnp.broadcast_to(field, (x.shape[0], *field.shape[1:]))
+        return jnp.sum(logit(warp(x, field, mode=mode)) - logit(x))
+
+    g = jnp.asarray(growth, jnp.float32)
+    return [
+        sum(float(shift(images[i : i + chunk], s * g)) for i in range(0, len(images), chunk))
+        / len(images)
+        for s in scales
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from train.classifier import load_classifier
+    from train.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=True, help="holds the classifier")
+    parser.add_argument("--set", action="append", default=[], help="config override")
+    parser.add_argument("--table", required=True, help="cohort.csv of jaxinterp synth3d")
+    parser.add_argument("--region", default="ventricles", help="mask name in the cohort's masks")
+    parser.add_argument("--axis", type=int, default=1, help="the axis to cut the region along")
+    parser.add_argument("--n", type=int, default=32, help="controls to draw into")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--map", action="append", default=[], help="a growth map (NIfTI) too")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.set)
+    shape = tuple(config.data.shape)
+    if not 0 <= args.axis < len(shape):
+        raise SystemExit(f"--axis {args.axis}: the grid has axes 0-{len(shape) - 1}")
+    cohort = Path(args.table).parent
+    truth = read_map(cohort / "group_truth.nii.gz")
+    if truth.shape != shape:
+        raise SystemExit(f"{args.table}: cohort grid {truth.shape}, config grid {shape}")
+    maps = {"group truth": truth}
+    for path in args.map:
+        maps[Path(path).name] = read_map(path)
+        if maps[Path(path).name].shape != shape:
+            raise SystemExit(f"{path}: shape {maps[Path(path).name].shape}, the grid {shape}")
+    brain = read_map(cohort / "masks" / "brain.nii.gz") > 0.5
+    region = read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
+    classifier, variables = load_classifier(config, args.workdir, np.zeros((2, *shape, 1)))
+    logit = lambda x: classifier.apply(variables, x, train=False)
+    controls = [s for s in read_table(args.table) if s.label == 0][: args.n]
+    x = jnp.asarray(np.stack([load_volume(s.path, shape=shape)[0] for s in controls]))[..., None]
+    steps = config.simulator.integration_steps
+    gradient = growth_sensitivity(logit, x, steps=steps)
+    parts = region_parts(brain, region, args.axis)
+    print(f"Classifier {args.workdir}; {len(controls)} controls of {args.table}")
+    print(f"Near {args.region} (bands 0-3), halves along axis {args.axis} at its centre")
+    print("| map | part | drawn volume | " + " | ".join(f"shift at x{s:g}" for s in args.scales)
+          + " | shift per volume at x1 | first-order shift at x1 |")  # fmt: skip
+    print("|---" * (len(args.scales) + 5) + "|")
+    for name, map_ in maps.items():
+        for part, mask in parts.items():
+            growth = np.where(mask, map_, 0.0)
+            at_one, *shifts = drawn_shifts(
+                logit, x, growth, scales=[1.0, *args.scales], steps=steps,
+                mode=config.simulator.warp_mode,
+            )  # fmt: skip
+            volume = float(growth.sum())
+            cells = [f"{volume:.1f}", *(f"{v:+.2f}" for v in shifts)]
+            cells += [f"{at_one / volume:+.3f}", f"{float((gradient * growth).sum()):+.2f}"]
+            print(f"| {name} | {part} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
