@@ -31,29 +31,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.growth_sensitivity3d import growth_sensitivity  # noqa: E402
-from benchmarks.map_profile3d import band_masks, read_map  # noqa: E402
+from benchmarks.map_profile3d import read_map, region_parts  # noqa: E402
 from jaxinterp.data import load_volume, read_table  # noqa: E402
 from jaxinterp.warp import integrate_velocity, poisson_velocity, warp  # noqa: E402
 
 
-def region_parts(brain: np.ndarray, region: np.ndarray, axis: int) -> dict[str, np.ndarray]:
-    """The voxels near ``region`` (bands 0-3), and their halves of lower and higher index
-    along ``axis``, split at the region's centroid."""
-    near = np.any(band_masks(brain, region)[:-1], axis=0)
-    centre = np.argwhere(region).mean(axis=0)[axis]
-    index = np.indices(region.shape)[axis]
-    return {
-        "near": near,
-        "low half": near & (index < centre),
-        "high half": near & (index >= centre),
-    }
-
-
 def drawn_shifts(
-    logit, images: jax.Array, growth: np.ndarray, *, scales, steps: int, mode: str, chunk: int = 8
-) -> list[float]:
-    """The mean over ``images`` ``(N, *spatial, 1)`` of ``logit(warp(x, field(s * growth))) -
-    logit(x)`` for each ``s`` in ``scales``, the field as an ``output='volume'`` simulator's."""
+    logit, images: jax.Array, growths, *, scales, steps: int, mode: str, chunk: int = 8
+) -> list[list[float]]:
+    """For each growth map of ``growths`` and each ``s`` in ``scales``, the mean over
+    ``images`` ``(N, *spatial, 1)`` of ``logit(warp(x, field(s * growth))) - logit(x)``, the
+    field as an ``output='volume'`` simulator's."""
     ndim = images.ndim - 2
 
     @jax.jit
@@ -62,12 +50,11 @@ def drawn_shifts(
         field = jnp.broadcast_to(field, (x.shape[0], *field.shape[1:]))
         return jnp.sum(logit(warp(x, field, mode=mode)) - logit(x))
 
-    g = jnp.asarray(growth, jnp.float32)
-    return [
-        sum(float(shift(images[i : i + chunk], s * g)) for i in range(0, len(images), chunk))
-        / len(images)
-        for s in scales
-    ]
+    def mean_shift(g):
+        parts = [float(shift(images[i : i + chunk], g)) for i in range(0, len(images), chunk)]
+        return sum(parts) / len(images)
+
+    return [[mean_shift(jnp.asarray(s * g, jnp.float32)) for s in scales] for g in growths]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,9 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.table}: cohort grid {truth.shape}, config grid {shape}")
     maps = {"group truth": truth}
     for path in args.map:
-        maps[Path(path).name] = read_map(path)
-        if maps[Path(path).name].shape != shape:
-            raise SystemExit(f"{path}: shape {maps[Path(path).name].shape}, the grid {shape}")
+        map_ = maps[Path(path).name] = read_map(path)
+        if map_.shape != shape:
+            raise SystemExit(f"{path}: shape {map_.shape}, the grid {shape}")
     brain = read_map(cohort / "masks" / "brain.nii.gz") > 0.5
     region = read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
     classifier, variables = load_classifier(config, args.workdir, np.zeros((2, *shape, 1)))
@@ -112,17 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     print("| map | part | drawn volume | " + " | ".join(f"shift at x{s:g}" for s in args.scales)
           + " | shift per volume at x1 | first-order shift at x1 |")  # fmt: skip
     print("|---" * (len(args.scales) + 5) + "|")
-    for name, map_ in maps.items():
-        for part, mask in parts.items():
-            growth = np.where(mask, map_, 0.0)
-            at_one, *shifts = drawn_shifts(
-                logit, x, growth, scales=[1.0, *args.scales], steps=steps,
-                mode=config.simulator.warp_mode,
-            )  # fmt: skip
-            volume = float(growth.sum())
-            cells = [f"{volume:.1f}", *(f"{v:+.2f}" for v in shifts)]
-            cells += [f"{at_one / volume:+.3f}", f"{float((gradient * growth).sum()):+.2f}"]
-            print(f"| {name} | {part} | " + " | ".join(cells) + " |")
+    growths = [np.where(mask, map_, 0.0) for map_ in maps.values() for mask in parts.values()]
+    shifts = drawn_shifts(
+        logit, x, growths, scales=[1.0, *args.scales], steps=steps, mode=config.simulator.warp_mode
+    )
+    rows = [(name, part) for name in maps for part in parts]
+    for (name, part), growth, (at_one, *scaled) in zip(rows, growths, shifts):
+        volume = float(growth.sum())
+        cells = [f"{volume:.1f}", *(f"{v:+.2f}" for v in scaled)]
+        cells += [f"{at_one / volume:+.3f}", f"{float((gradient * growth).sum()):+.2f}"]
+        print(f"| {name} | {part} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -123,19 +123,30 @@ def blur_match(
     }
 
 
-def side_ratios(map_: np.ndarray, truth: np.ndarray, brain: np.ndarray, region: np.ndarray) -> dict:
-    """Near ``region`` (bands 0-3 of `band_masks`), split at the region's centroid along each
-    axis: ``ratios[axis] = (low, high)``, the map's mean over the truth's mean in the half
-    of lower and of higher index; ``ncc_near_truth``, the NCC over ``brain`` of ``map_`` with
-    its near voxels replaced by ``a * truth`` (``a`` the least-squares scale there)."""
+def region_parts(brain: np.ndarray, region: np.ndarray, axis: int) -> dict[str, np.ndarray]:
+    """The brain's voxels near ``region`` (bands 0-3 of `band_masks`), and their halves of
+    lower and of higher index along ``axis``, split at the region's centroid."""
     near = np.any(band_masks(brain, region)[:-1], axis=0)
-    centre = np.argwhere(region).mean(axis=0)
-    index = np.indices(region.shape)
+    centre = np.argwhere(region).mean(axis=0)[axis]
+    index = np.indices(region.shape)[axis]
+    return {
+        "near": near,
+        "low half": near & (index < centre),
+        "high half": near & (index >= centre),
+    }
+
+
+def side_ratios(map_: np.ndarray, truth: np.ndarray, brain: np.ndarray, region: np.ndarray) -> dict:
+    """Near ``region``, cut in two along each axis (`region_parts`): ``ratios[axis] = (low,
+    high)``, the map's mean over the truth's mean in the half of lower and of higher index;
+    ``ncc_near_truth``, the NCC over ``brain`` of ``map_`` with its near voxels replaced by
+    ``a * truth`` (``a`` the least-squares scale there)."""
     ratios = []
     for axis in range(region.ndim):
-        low = near & (index[axis] < centre[axis])
-        high = near & (index[axis] >= centre[axis])
-        ratios.append(tuple(float(map_[h].mean() / truth[h].mean()) for h in (low, high)))
+        parts = region_parts(brain, region, axis)
+        halves = (parts["low half"], parts["high half"])
+        ratios.append(tuple(float(map_[h].mean() / truth[h].mean()) for h in halves))
+    near = parts["near"]
     scale = (map_[near] * truth[near]).sum() / (truth[near] ** 2).sum()
     replaced = np.where(near, scale * truth, map_)
     return {"ratios": ratios, "ncc_near_truth": brain_ncc(replaced, truth, brain)}

@@ -4,22 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
-from benchmarks.growth_halves3d import drawn_shifts, region_parts
+from benchmarks.growth_halves3d import drawn_shifts
 from jaxinterp.warp import integrate_velocity, poisson_velocity
-
-
-def test_region_parts_split_the_near_bands_at_the_region_centre():
-    shape = (12, 12, 12)
-    region = np.zeros(shape, bool)
-    region[4:8, 5:9, 5:7] = True  # centre (5.5, 6.5, 5.5)
-    brain = np.zeros(shape, bool)
-    brain[1:-1, 1:-1, 1:-1] = True
-    parts = region_parts(brain, region, axis=1)
-    near = brain & (scipy.ndimage.distance_transform_edt(~region) < 3.5)
-    np.testing.assert_array_equal(parts["near"], near)
-    index = np.indices(shape)[1]
-    np.testing.assert_array_equal(parts["low half"], near & (index <= 6))
-    np.testing.assert_array_equal(parts["high half"], near & (index >= 7))
 
 
 def test_drawn_shifts_match_a_scipy_warp_of_the_same_field():
@@ -30,16 +16,20 @@ def test_drawn_shifts_match_a_scipy_warp_of_the_same_field():
     logit = lambda x: jnp.sum(jnp.asarray(weight[None], jnp.float32) * x[..., 0], axis=(1, 2, 3))
     growth = np.zeros(shape)
     growth[3:7, 4:7, 3:6] = 0.5
+    shrink = np.zeros(shape)
+    shrink[5:8, 2:5, 5:8] = -0.4
     scales = [0.0, 1.0, 2.0]
-    got = drawn_shifts(logit, jnp.asarray(images[..., None], jnp.float32), growth,
+    got = drawn_shifts(logit, jnp.asarray(images[..., None], jnp.float32), [growth, shrink],
                        scales=scales, steps=5, mode="zeros", chunk=2)  # fmt: skip
-    assert got[0] == 0.0
-    for scale, shift in zip(scales[1:], got[1:]):
-        field = integrate_velocity(poisson_velocity(jnp.asarray(scale * growth), ndim=3), steps=5)
-        coords = np.indices(shape) + np.moveaxis(np.asarray(field), -1, 0)
-        warped = [
-            scipy.ndimage.map_coordinates(x, coords, order=1, mode="grid-constant") for x in images
-        ]
-        want = np.mean([(weight * (w - x)).sum() for w, x in zip(warped, images)])
-        np.testing.assert_allclose(shift, want, rtol=2e-3, atol=2e-3)
-    assert abs(got[2]) > 0.1  # the growth does move this logit
+    assert len(got) == 2 and got[0][0] == 0.0 and got[1][0] == 0.0
+    for g, shifts in zip((growth, shrink), got):
+        for scale, shift in zip(scales[1:], shifts[1:]):
+            field = integrate_velocity(poisson_velocity(jnp.asarray(scale * g), ndim=3), steps=5)
+            coords = np.indices(shape) + np.moveaxis(np.asarray(field), -1, 0)
+            warped = [
+                scipy.ndimage.map_coordinates(x, coords, order=1, mode="grid-constant")
+                for x in images
+            ]
+            want = np.mean([(weight * (w - x)).sum() for w, x in zip(warped, images)])
+            np.testing.assert_allclose(shift, want, rtol=2e-3, atol=2e-3)
+        assert abs(shifts[2]) > 0.1  # the growth does move this logit

@@ -9,6 +9,7 @@ from benchmarks.map_profile3d import (
     blur_match,
     distance_profile,
     main,
+    region_parts,
     side_ratios,
 )
 
@@ -86,6 +87,20 @@ def test_band_agreement_separates_a_shared_region_from_independent_ripples():
     np.testing.assert_allclose(agree["brain"], np.corrcoef(a[brain], b[brain])[0, 1], atol=1e-5)
     # the same ripple in both: the far band agrees as well as the region
     assert band_agreement(a, a + 0.01 * b, brain, region)["far"] > 0.99
+
+
+def test_region_parts_split_the_near_bands_at_the_region_centre():
+    shape = (12, 12, 12)
+    region = np.zeros(shape, bool)
+    region[4:8, 5:9, 5:7] = True  # centre (5.5, 6.5, 5.5)
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    parts = region_parts(brain, region, axis=1)
+    near = brain & (scipy.ndimage.distance_transform_edt(~region) < 3.5)
+    np.testing.assert_array_equal(parts["near"], near)
+    index = np.indices(shape)[1]
+    np.testing.assert_array_equal(parts["low half"], near & (index <= 6))
+    np.testing.assert_array_equal(parts["high half"], near & (index >= 7))
 
 
 def test_side_ratios_find_the_half_a_map_favours():
