@@ -30,9 +30,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.growth_sensitivity3d import growth_sensitivity  # noqa: E402
+from benchmarks.growth_sensitivity3d import (  # noqa: E402
+    add_cohort_arguments,
+    first_scans,
+    growth_sensitivity,
+    load_cohort,
+)
 from benchmarks.map_profile3d import read_map, region_parts  # noqa: E402
-from jaxinterp.data import load_volume, read_table  # noqa: E402
 from jaxinterp.warp import integrate_velocity, poisson_velocity, warp  # noqa: E402
 
 
@@ -58,43 +62,27 @@ def drawn_shifts(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from train.classifier import load_classifier
-    from train.config import load_config
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workdir", required=True, help="holds the classifier")
-    parser.add_argument("--set", action="append", default=[], help="config override")
-    parser.add_argument("--table", required=True, help="cohort.csv of jaxinterp synth3d")
-    parser.add_argument("--region", default="ventricles", help="mask name in the cohort's masks")
+    add_cohort_arguments(parser)
     parser.add_argument("--axis", type=int, default=1, help="the axis to cut the region along")
     parser.add_argument("--n", type=int, default=32, help="controls to draw into")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     parser.add_argument("--map", action="append", default=[], help="a growth map (NIfTI) too")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
-    shape = tuple(config.data.shape)
+    setup = load_cohort(args)
+    config, shape, logit = setup.config, setup.shape, setup.logit
     if not 0 <= args.axis < len(shape):
         raise SystemExit(f"--axis {args.axis}: the grid has axes 0-{len(shape) - 1}")
-    cohort = Path(args.table).parent
-    truth = read_map(cohort / "group_truth.nii.gz")
-    if truth.shape != shape:
-        raise SystemExit(f"{args.table}: cohort grid {truth.shape}, config grid {shape}")
-    maps = {"group truth": truth}
+    maps = {"group truth": setup.truth}
     for path in args.map:
         map_ = maps[Path(path).name] = read_map(path)
         if map_.shape != shape:
             raise SystemExit(f"{path}: shape {map_.shape}, the grid {shape}")
-    brain = read_map(cohort / "masks" / "brain.nii.gz") > 0.5
-    region = read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
-    classifier, variables = load_classifier(config, args.workdir, np.zeros((2, *shape, 1)))
-    logit = lambda x: classifier.apply(variables, x, train=False)
-    controls = [s for s in read_table(args.table) if s.label == 0][: args.n]
-    x = jnp.asarray(np.stack([load_volume(s.path, shape=shape)[0] for s in controls]))[..., None]
+    x = first_scans(args.table, 0, args.n, shape)
     steps = config.simulator.integration_steps
     gradient = growth_sensitivity(logit, x, steps=steps)
-    parts = region_parts(brain, region, args.axis)
-    print(f"Classifier {args.workdir}; {len(controls)} controls of {args.table}")
+    parts = region_parts(setup.brain, setup.region, args.axis)
+    print(f"Classifier {args.workdir}; {len(x)} controls of {args.table}")
     print(f"Near {args.region} (bands 0-3), halves along axis {args.axis} at its centre")
     print("| map | part | drawn volume | " + " | ".join(f"shift at x{s:g}" for s in args.scales)
           + " | shift per volume at x1 | first-order shift at x1 |")  # fmt: skip

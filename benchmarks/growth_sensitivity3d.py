@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 if not __package__:  # run as a file: find the packages
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,40 +60,64 @@ def growth_sensitivity(logit, images: jax.Array, *, steps: int, chunk: int = 8) 
     return np.sum(parts, axis=0) / len(images)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from train.classifier import load_classifier
-    from train.config import load_config
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that name a classifier and a `jaxinterp synth3d` cohort (`load_cohort`)."""
     parser.add_argument("--config", required=True)
     parser.add_argument("--workdir", required=True, help="holds the classifier")
     parser.add_argument("--set", action="append", default=[], help="config override")
     parser.add_argument("--table", required=True, help="cohort.csv of jaxinterp synth3d")
     parser.add_argument("--region", default="ventricles", help="mask name in the cohort's masks")
+
+
+def load_cohort(args: argparse.Namespace) -> SimpleNamespace:
+    """From `add_cohort_arguments`' arguments: ``config``, its grid ``shape``, the cohort
+    folder, its group ``truth``, ``brain`` and ``region`` masks (boolean), and the trained
+    classifier as ``logit`` (images ``(N, *spatial, 1)`` -> ``(N,)``). Exits with a message
+    when the cohort's grid is not the config's."""
+    from train.classifier import load_classifier
+    from train.config import load_config
+
+    config = load_config(args.config, args.set)
+    shape = tuple(config.data.shape)
+    cohort = Path(args.table).parent
+    truth = read_map(cohort / "group_truth.nii.gz")
+    if truth.shape != shape:
+        raise SystemExit(f"{args.table}: cohort grid {truth.shape}, config grid {shape}")
+    classifier, variables = load_classifier(config, args.workdir, np.zeros((2, *shape, 1)))
+    return SimpleNamespace(
+        config=config,
+        shape=shape,
+        cohort=cohort,
+        truth=truth,
+        brain=read_map(cohort / "masks" / "brain.nii.gz") > 0.5,
+        region=read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5,
+        logit=lambda x: classifier.apply(variables, x, train=False),
+    )
+
+
+def first_scans(table: str | Path, label: int, n: int, shape: tuple[int, ...]) -> jax.Array:
+    """The first ``n`` scans of ``label`` in a cohort table, ``(N, *shape, 1)``."""
+    chosen = [s for s in read_table(table) if s.label == label][:n]
+    return jnp.asarray(np.stack([load_volume(s.path, shape=shape)[0] for s in chosen]))[..., None]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_cohort_arguments(parser)
     parser.add_argument("--n", type=int, default=32, help="scans per group")
     parser.add_argument("--explain", help="a `jaxinterp explain` output to compare")
     parser.add_argument("--save", help="write the maps into this new folder")
     args = parser.parse_args(argv)
     if args.save and Path(args.save).exists():
         raise SystemExit(f"--save {args.save}: exists; give a new folder")
-    config = load_config(args.config, args.set)
-    shape = tuple(config.data.shape)
-    cohort = Path(args.table).parent
-    truth = read_map(cohort / "group_truth.nii.gz")
-    brain = read_map(cohort / "masks" / "brain.nii.gz") > 0.5
-    region = read_map(cohort / "masks" / f"{args.region}.nii.gz") > 0.5
-    if truth.shape != shape:
-        raise SystemExit(f"{args.table}: cohort grid {truth.shape}, config grid {shape}")
-    classifier, variables = load_classifier(config, args.workdir, np.zeros((2, *shape, 1)))
-    logit = lambda x: classifier.apply(variables, x, train=False)
-    scans = read_table(args.table)
+    setup = load_cohort(args)
+    config, cohort, truth, brain, region = (
+        setup.config, setup.cohort, setup.truth, setup.brain, setup.region
+    )  # fmt: skip
     maps = {"group truth": truth}
     for label, name in ((0, "inject (controls)"), (1, "remove (patients)")):
-        chosen = [s for s in scans if s.label == label][: args.n]
-        x = jnp.asarray(np.stack([load_volume(s.path, shape=shape)[0] for s in chosen]))
-        maps[name] = growth_sensitivity(
-            logit, x[..., None], steps=config.simulator.integration_steps
-        )
+        x = first_scans(args.table, label, args.n, setup.shape)
+        maps[name] = growth_sensitivity(setup.logit, x, steps=config.simulator.integration_steps)
     if args.explain:
         for direction, map_ in group_maps(args.explain).items():
             maps[f"simulator, {direction}"] = map_
