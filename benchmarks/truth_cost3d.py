@@ -22,7 +22,8 @@ the objective.
 
 optimises instead one growth map for every control, without a network (``--free-map S``: from
 S times the cohort's group truth; 0 starts from nothing), by Adam on the inject objective's
-hinge, change and volume terms (`free_map_objective`) over batches of 8 training controls
+hinge, change and volume terms (`free_map_objective`; the volume term squared with
+``--set objective.volume_norm=l2``) over batches of 8 training controls
 (``--batch``), and prints every 50 steps its median shift, cost per logit and NCC with the
 group truth on 32 of those controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
@@ -106,6 +107,7 @@ def free_map_objective(
     delta: float,
     change_weight: float,
     volume_weight: float,
+    volume_norm: str = "l1",
     steps: int = 7,
     growth_smoothness: float = 0.0,
     growth_smoothness_norm: str = "l2",
@@ -117,8 +119,9 @@ def free_map_objective(
 
     The map becomes a warp (`growth_field`, ``steps`` of scaling and squaring); the loss is
     the hinge of `jaxinterp.objective` plus ``change_weight * mean|warped - x|`` plus
-    ``volume_weight * mean|div u|`` plus ``growth_smoothness`` times the diffusion term
-    (`smoothness_loss`, its ``growth_smoothness_norm``) of the growth map itself.
+    ``volume_weight * mean|div u|`` (``mean (div u)^2`` for ``volume_norm="l2"``) plus
+    ``growth_smoothness`` times the diffusion term (`smoothness_loss`, its
+    ``growth_smoothness_norm``) of the growth map itself.
 
     Returns:
       ``(loss, (shift, change_term, volume_term, smoothness_term))``, ``shift`` per image
@@ -129,7 +132,8 @@ def free_map_objective(
     shift = task_direction(task) * (logit(warped) - jax.lax.stop_gradient(logit(images)))
     hinge = jnp.mean(jnp.maximum(-shift, -delta))
     change = change_weight * jnp.mean(jnp.abs(warped - images))
-    volume = volume_weight * jnp.mean(jnp.abs(divergence(field)))
+    div = divergence(field)
+    volume = volume_weight * jnp.mean(jnp.abs(div) if volume_norm == "l1" else jnp.square(div))
     diffusion = smoothness_loss(growth[None, ..., None], norm=growth_smoothness_norm)[0]
     smooth = growth_smoothness * diffusion
     return hinge + change + volume + smooth, (shift, change, volume, smooth)
@@ -172,6 +176,7 @@ def free_map_run(
         "delta": config.objective.delta,
         "change_weight": config.objective.change_weight,
         "volume_weight": config.objective.volume_weight,
+        "volume_norm": config.objective.volume_norm,
         "steps": config.simulator.integration_steps,
         "growth_smoothness": growth_smoothness,
         "growth_smoothness_norm": growth_smoothness_norm,

@@ -3,10 +3,11 @@
 ``E = E_logit + E_cycle + E_phi`` (paper eq. 1, 2, 5) on a batch of controls ``x`` (task
 inject) and patients ``y`` (task remove), plus an optional ``change_weight * mean|G(x) - x|``
 (or its square) that asks the simulator to change as little as it can, an optional
-``volume_weight * mean|div u|`` that asks it to change volume in as few places as it can,
-for a gain output an optional ``gain_weight * mean|log gain|`` that asks it to scale as
-few voxels as it can, and for a volume output an optional ``growth_smoothness`` times the
-diffusion term of its drawn growth (all 0 by default, as the paper):
+``volume_weight * mean|div u|`` (or its square) that asks it to change volume in as few
+places as it can, for a gain output an optional ``gain_weight * mean|log gain|`` that asks
+it to scale as few voxels as it can, and for a volume output an optional
+``growth_smoothness`` times the diffusion term of its drawn growth (all 0 by default, as
+the paper):
 
     x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
     x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
@@ -61,6 +62,11 @@ class ObjectiveConfig:
     # field (the first-order log volume change, `jaxinterp.jacobian.divergence`). The change
     # term above cannot see a warp of uniform tissue; this one does (field outputs only).
     volume_weight: float = 0.0
+    # per-voxel norm of that divergence: "l1" puts the volume change in the fewest voxels;
+    # "l2" (mean (div u)^2) charges each voxel's growth by its size, so growth spreads in
+    # proportion to what it buys (at a fixed linear logit shift, growth ~ the gradient)
+    # instead of piling onto the voxels that buy the most
+    volume_norm: Literal["l1", "l2"] = "l1"
     # What lambda_phi's diffusion term smooths for an image output: the intensity change
     # G(x) - x ("change"), or, for a "gain" output, its log gain ("log_gain"): a smooth gain
     # scales a whole structure alike, where a smooth change lets the gain peak at its centre.
@@ -93,6 +99,12 @@ class ObjectiveConfig:
     # averages of the real images and leaves them alone, so inference (running averages
     # only) sees the statistics training saw on real inputs.
     simulated_batch_norm: Literal["batch", "running"] = "batch"
+
+
+def _per_voxel(norm: str, name: str) -> Callable[[jax.Array], jax.Array]:
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"ObjectiveConfig.{name} must be 'l1' or 'l2', got {norm!r}")
+    return jnp.abs if norm == "l1" else jnp.square
 
 
 def _directions(values: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
@@ -169,7 +181,7 @@ def simulator_objective(
 
     e_logit = sum(_directions(shift, n))
     e_cycle = config.cycle_weight * sum(_directions(cycle, n))
-    per_voxel = jnp.abs if config.change_norm == "l1" else jnp.square
+    per_voxel = _per_voxel(config.change_norm, "change_norm")
     change = jnp.mean(per_voxel(first.image - images), axis=tuple(range(1, images.ndim)))
     e_change = config.change_weight * sum(_directions(change, n))
     e_phi = jnp.zeros((), jnp.float32)
@@ -208,7 +220,8 @@ def simulator_objective(
         magnitude = jnp.mean(jnp.linalg.norm(first.displacement, axis=-1))
         if config.volume_weight:
             spatial_axes = tuple(range(1, first.displacement.ndim - 1))
-            volume = jnp.mean(jnp.abs(divergence(first.displacement)), axis=spatial_axes)
+            per_voxel = _per_voxel(config.volume_norm, "volume_norm")
+            volume = jnp.mean(per_voxel(divergence(first.displacement)), axis=spatial_axes)
             e_volume = config.volume_weight * sum(_directions(volume, n))
     elif config.lambda_phi:
         # Image outputs: the field G produces is the intensity change (or the log gain); the
