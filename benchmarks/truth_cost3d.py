@@ -22,8 +22,8 @@ the objective.
 
 optimises instead one growth map for every control, without a network (``--free-map S``: from
 S times the cohort's group truth; 0 starts from nothing), by Adam on the inject objective's
-hinge, change and volume terms (`free_map_objective`; the volume term squared with
-``--set objective.volume_norm=l2``) over batches of 8 training controls
+hinge, change and volume terms (`free_map_objective`, the volume term's square too with
+``--set objective.volume_squared_weight=W``) over batches of 8 training controls
 (``--batch``), and prints every 50 steps its median shift, cost per logit and NCC with the
 group truth on 32 of those controls: where plain descent on the objective goes from each start
 (``--coarse F --coarse-steps K``: the first K steps on a grid F times coarser, then a fresh
@@ -107,7 +107,7 @@ def free_map_objective(
     delta: float,
     change_weight: float,
     volume_weight: float,
-    volume_norm: str = "l1",
+    volume_squared_weight: float = 0.0,
     steps: int = 7,
     growth_smoothness: float = 0.0,
     growth_smoothness_norm: str = "l2",
@@ -119,7 +119,7 @@ def free_map_objective(
 
     The map becomes a warp (`growth_field`, ``steps`` of scaling and squaring); the loss is
     the hinge of `jaxinterp.objective` plus ``change_weight * mean|warped - x|`` plus
-    ``volume_weight * mean|div u|`` (``mean (div u)^2`` for ``volume_norm="l2"``) plus
+    ``volume_weight * mean|div u|`` plus ``volume_squared_weight * mean (div u)^2`` plus
     ``growth_smoothness`` times the diffusion term (`smoothness_loss`, its
     ``growth_smoothness_norm``) of the growth map itself.
 
@@ -133,7 +133,7 @@ def free_map_objective(
     hinge = jnp.mean(jnp.maximum(-shift, -delta))
     change = change_weight * jnp.mean(jnp.abs(warped - images))
     div = divergence(field)
-    volume = volume_weight * jnp.mean(jnp.abs(div) if volume_norm == "l1" else jnp.square(div))
+    volume = volume_weight * jnp.mean(jnp.abs(div)) + volume_squared_weight * jnp.mean(div**2)
     diffusion = smoothness_loss(growth[None, ..., None], norm=growth_smoothness_norm)[0]
     smooth = growth_smoothness * diffusion
     return hinge + change + volume + smooth, (shift, change, volume, smooth)
@@ -176,7 +176,7 @@ def free_map_run(
         "delta": config.objective.delta,
         "change_weight": config.objective.change_weight,
         "volume_weight": config.objective.volume_weight,
-        "volume_norm": config.objective.volume_norm,
+        "volume_squared_weight": config.objective.volume_squared_weight,
         "steps": config.simulator.integration_steps,
         "growth_smoothness": growth_smoothness,
         "growth_smoothness_norm": growth_smoothness_norm,

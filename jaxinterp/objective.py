@@ -3,11 +3,11 @@
 ``E = E_logit + E_cycle + E_phi`` (paper eq. 1, 2, 5) on a batch of controls ``x`` (task
 inject) and patients ``y`` (task remove), plus an optional ``change_weight * mean|G(x) - x|``
 (or its square) that asks the simulator to change as little as it can, an optional
-``volume_weight * mean|div u|`` (or its square) that asks it to change volume in as few
-places as it can, for a gain output an optional ``gain_weight * mean|log gain|`` that asks
-it to scale as few voxels as it can, and for a volume output an optional
-``growth_smoothness`` times the diffusion term of its drawn growth (all 0 by default, as
-the paper):
+``volume_weight * mean|div u|`` (and ``volume_squared_weight * mean (div u)^2``) that asks
+it to change volume in as few places as it can, for a gain output an optional
+``gain_weight * mean|log gain|`` that asks it to scale as few voxels as it can, and for a
+volume output an optional ``growth_smoothness`` times the diffusion term of its drawn
+growth (all 0 by default, as the paper):
 
     x_sim = G(x, inject)     y_sim = G(y, remove)      # first pass, one call on [x; y]
     x_cyc = G(x_sim, remove) y_cyc = G(y_sim, inject)  # second pass, one call
@@ -62,11 +62,12 @@ class ObjectiveConfig:
     # field (the first-order log volume change, `jaxinterp.jacobian.divergence`). The change
     # term above cannot see a warp of uniform tissue; this one does (field outputs only).
     volume_weight: float = 0.0
-    # per-voxel norm of that divergence: "l1" puts the volume change in the fewest voxels;
-    # "l2" (mean (div u)^2) charges each voxel's growth by its size, so growth spreads in
-    # proportion to what it buys (at a fixed linear logit shift, growth ~ the gradient)
-    # instead of piling onto the voxels that buy the most
-    volume_norm: Literal["l1", "l2"] = "l1"
+    # weight of mean (div u)^2, the same divergence squared. The absolute value above puts
+    # the volume change in the fewest voxels, those that buy the most logit; the square
+    # charges each voxel's growth by its size, so growth spreads in proportion to what it
+    # buys (at a fixed linear logit shift, growth ~ the gradient). Both may be on (an
+    # elastic net: the absolute value zeroes the small ripple, the square shapes the rest).
+    volume_squared_weight: float = 0.0
     # What lambda_phi's diffusion term smooths for an image output: the intensity change
     # G(x) - x ("change"), or, for a "gain" output, its log gain ("log_gain"): a smooth gain
     # scales a whole structure alike, where a smooth change lets the gain peak at its centre.
@@ -189,11 +190,12 @@ def simulator_objective(
     e_gain = jnp.zeros((), jnp.float32)
     e_growth = jnp.zeros((), jnp.float32)
     magnitude = jnp.zeros((), jnp.float32)
-    if config.volume_weight and first.displacement is None:
-        raise ValueError(
-            "ObjectiveConfig.volume_weight penalises the simulated field's volume change; "
-            "this simulator outputs images (no field): set volume_weight=0"
-        )
+    for name in ("volume_weight", "volume_squared_weight"):
+        if getattr(config, name) and first.displacement is None:
+            raise ValueError(
+                f"ObjectiveConfig.{name} penalises the simulated field's volume change; "
+                f"this simulator outputs images (no field): set {name}=0"
+            )
     if config.growth_smoothness:
         if first.growth is None:
             raise ValueError(
@@ -218,11 +220,16 @@ def simulator_objective(
             )
             e_phi = e_phi + config.lambda_phi * sum(_directions(smooth, n))
         magnitude = jnp.mean(jnp.linalg.norm(first.displacement, axis=-1))
-        if config.volume_weight:
+        if config.volume_weight or config.volume_squared_weight:
             spatial_axes = tuple(range(1, first.displacement.ndim - 1))
-            per_voxel = _per_voxel(config.volume_norm, "volume_norm")
-            volume = jnp.mean(per_voxel(divergence(first.displacement)), axis=spatial_axes)
-            e_volume = config.volume_weight * sum(_directions(volume, n))
+            div = divergence(first.displacement)
+            for weight, per_voxel in (
+                (config.volume_weight, jnp.abs),
+                (config.volume_squared_weight, jnp.square),
+            ):
+                if weight:
+                    volume = jnp.mean(per_voxel(div), axis=spatial_axes)
+                    e_volume = e_volume + weight * sum(_directions(volume, n))
     elif config.lambda_phi:
         # Image outputs: the field G produces is the intensity change (or the log gain); the
         # same diffusion regulariser keeps it smooth (an adversarial pattern is not).
