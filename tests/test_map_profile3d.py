@@ -6,6 +6,7 @@ import scipy.ndimage
 
 from benchmarks.map_profile3d import (
     band_agreement,
+    band_masks,
     blur_match,
     distance_profile,
     main,
@@ -38,6 +39,17 @@ def test_profile_bands_and_far_ripple():
     assert q["ncc"] < 0.95
     np.testing.assert_allclose(q["ncc_far_zeroed"], 1.0, atol=1e-6)
     assert q["far_std"] > 0.1 and p["far_std"] == 0.0
+    # the far band's std of the blurred map, against SciPy's blur of the same map
+    far_band = band_masks(brain, region)[-1]
+    for sigma, std in q["far_std_blurred"].items():
+        want = scipy.ndimage.gaussian_filter(rippled, sigma)[far_band].std()
+        np.testing.assert_allclose(std, want, rtol=1e-10)
+        assert 0 < std < q["far_std"]
+    # voxel noise does not survive a blur of 2 voxels; a ripple as broad as the grid does
+    assert q["far_std_blurred"][2.0] < 0.2 * q["far_std"]
+    broad = truth + 0.05 * (np.indices(shape)[0] - 5.5)  # a ramp across the whole grid
+    b = distance_profile(broad, truth, brain, region)
+    assert b["far_std_blurred"][2.0] > 0.5 * b["far_std"]
     # every band by hand: the Euclidean distance to the cube [5, 6]^3 from its per-axis gaps
     gaps = np.maximum(0, np.maximum(5 - np.indices(shape), np.indices(shape) - 6))
     distance = np.sqrt((gaps**2).sum(0))
