@@ -66,7 +66,11 @@ class ObjectiveConfig:
     # the volume change in the fewest voxels, those that buy the most logit; the square
     # charges each voxel's growth by its size, so growth spreads in proportion to what it
     # buys (at a fixed linear logit shift, growth ~ the gradient). Both may be on (an
-    # elastic net: the absolute value zeroes the small ripple, the square shapes the rest).
+    # elastic net). On brain3d_32 (seed 2, weight 300) the square draws the ventricles at
+    # the truth's size, front and back, where the absolute value overgrows their front, but
+    # lets the classifier's broad response over the rest of the brain weigh as much: group
+    # NCC 0.756 / 0.771 alone, 0.824 / 0.847 beside the absolute value, against 0.858 /
+    # 0.853 without it (RESULTS.md section 3), so it stays off there.
     volume_squared_weight: float = 0.0
     # What lambda_phi's diffusion term smooths for an image output: the intensity change
     # G(x) - x ("change"), or, for a "gain" output, its log gain ("log_gain"): a smooth gain
