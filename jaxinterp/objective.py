@@ -106,12 +106,6 @@ class ObjectiveConfig:
     simulated_batch_norm: Literal["batch", "running"] = "batch"
 
 
-def _per_voxel(norm: str, name: str) -> Callable[[jax.Array], jax.Array]:
-    if norm not in ("l1", "l2"):
-        raise ValueError(f"ObjectiveConfig.{name} must be 'l1' or 'l2', got {norm!r}")
-    return jnp.abs if norm == "l1" else jnp.square
-
-
 def _directions(values: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(values[:n]), jnp.mean(values[n:])
 
@@ -186,7 +180,11 @@ def simulator_objective(
 
     e_logit = sum(_directions(shift, n))
     e_cycle = config.cycle_weight * sum(_directions(cycle, n))
-    per_voxel = _per_voxel(config.change_norm, "change_norm")
+    if config.change_norm not in ("l1", "l2"):
+        raise ValueError(
+            f"ObjectiveConfig.change_norm must be 'l1' or 'l2', got {config.change_norm!r}"
+        )
+    per_voxel = jnp.abs if config.change_norm == "l1" else jnp.square
     change = jnp.mean(per_voxel(first.image - images), axis=tuple(range(1, images.ndim)))
     e_change = config.change_weight * sum(_directions(change, n))
     e_phi = jnp.zeros((), jnp.float32)
