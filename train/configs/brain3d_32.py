@@ -91,8 +91,9 @@ dense 256), delta = 12.5 as in the paper, with the settings the 2D and 3D studie
   0.846 at 12.5), their worst direction 0.821 (0.813), but the classifier's response far
   from the ventricles doubles in the maps, 15-76% of the scans reach the target (58-91%)
   and the logit ranking weakens; at 30 none reaches it and the NCC stops rising, 400 steps
-  at 20 lower the remove maps, and volume weight 200 at 20 lifts seed 1 (0.854 / 0.840)
-  but not seed 2.
+  at 20 lower the remove maps. Volume weight 200 at delta 20 charges that response: 0.873
+  / 0.859, worst direction 0.840, 0.15 over the growth gradient on two seeds of three,
+  but 8-65% of the scans past 20; not rerun through the randomisation check yet.
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
