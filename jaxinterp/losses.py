@@ -88,12 +88,22 @@ def cycle_loss(
       ``(N,)``.
     """
     check_same_shape(cycled.shape, original.shape, "cycle_loss")
-    diff = cycled - original
+    return mean_voxel_error(cycled, original, norm=norm, setting="cycle_loss: norm")
+
+
+def mean_voxel_error(a: jax.Array, b: jax.Array, *, norm: str, setting: str) -> jax.Array:
+    """Per example, the mean over voxels and channels of ``|a - b|`` (``norm="l1"``) or
+    ``(a - b)**2`` (``"l2"``): the cycle error and the objective's change term.
+
+    ``setting`` names where the norm came from, for the error any other norm raises.
+    Returns ``(N,)``.
+    """
+    diff = a - b
     if norm == "l2":
         return jnp.mean(jnp.square(diff), axis=_spatial_axes(diff))
     if norm == "l1":
         return jnp.mean(jnp.abs(diff), axis=_spatial_axes(diff))
-    raise ValueError(f"cycle_loss: norm must be 'l1' or 'l2', got {norm!r}")
+    raise ValueError(f"{setting} must be 'l1' or 'l2', got {norm!r}")
 
 
 def smoothness_loss(

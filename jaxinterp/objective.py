@@ -38,6 +38,7 @@ from jaxinterp.losses import (
     bce_shift_loss,
     cycle_loss,
     logit_shift_loss,
+    mean_voxel_error,
     smoothness_loss,
 )
 
@@ -180,12 +181,9 @@ def simulator_objective(
 
     e_logit = sum(_directions(shift, n))
     e_cycle = config.cycle_weight * sum(_directions(cycle, n))
-    if config.change_norm not in ("l1", "l2"):
-        raise ValueError(
-            f"ObjectiveConfig.change_norm must be 'l1' or 'l2', got {config.change_norm!r}"
-        )
-    per_voxel = jnp.abs if config.change_norm == "l1" else jnp.square
-    change = jnp.mean(per_voxel(first.image - images), axis=tuple(range(1, images.ndim)))
+    change = mean_voxel_error(
+        first.image, images, norm=config.change_norm, setting="ObjectiveConfig.change_norm"
+    )
     e_change = config.change_weight * sum(_directions(change, n))
     e_phi = jnp.zeros((), jnp.float32)
     e_volume = jnp.zeros((), jnp.float32)
