@@ -323,7 +323,7 @@ def test_brain3d_64_names_brain3d_32s_settings_where_it_quotes_them():
     doc_sets = [s.strip("`") for s in re.findall(r"--set\s+(\S+)", quoted)]
     script = (Path(__file__).parents[1] / "benchmarks" / "study64.sh").read_text()
     script_sets = re.search(r'"vol64:\d+:([^"]+)"', script).group(1).split(";")
-    assert doc_sets == script_sets and len(doc_sets) == 7
+    assert doc_sets == script_sets and len(doc_sets) == 8
     ours, theirs = load_config("brain3d_64", doc_sets), load_config("brain3d_32")
     assert ours.objective == theirs.objective
     sizes = {"features": theirs.simulator.features, "bottleneck": theirs.simulator.bottleneck}

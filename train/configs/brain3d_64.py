@@ -4,21 +4,21 @@
 
 The synthetic brain cohort at 64^3 (200 controls, 200 patients), the original 3D
 classifier, the paper's CondConv simulator (widths 16, 32, 64, 16, 16; dense 512), delta =
-12.5, Adam at 1e-4, batch 8 per direction, with the settings that raised the group-map
-NCC at 32^3 from 0.06 to 0.53 (`brain3d_32`; benchmarks/RESULTS.md section 3): velocity
-field, coordinate channels, zero-initialised output, running BatchNorm statistics for
-the cycle pass, L1 change term, lambda_phi = 1. The paper's settings: `--set
+12.5, Adam at 1e-4, batch 8 per direction, with the settings that raised the group-map NCC
+at 32^3 from 0.06 to 0.53 (`brain3d_32`; benchmarks/RESULTS.md section 3): velocity field,
+coordinate channels, zero-initialised output, running BatchNorm statistics for the cycle
+pass, L1 change term, lambda_phi = 1. The paper's settings: `--set
 simulator.output='displacement' --set simulator.coordinates=False --set
 simulator.zero_init_output=False --set objective.lambda_phi=0.02 --set
 objective.change_weight=0.0 --set objective.simulated_batch_norm='batch'`. `brain3d_32`
 has since added a simulator that draws the log volume change with a full-resolution head,
 a strong volume term with a weaker smoothness term, a population map tied between the
-directions and total variation of the drawn growth (RESULTS.md section 3); not yet tried
-at 64^3: `--set simulator.output='volume' --set simulator.head_layers=1 --set
-objective.volume_weight=100.0 --set objective.lambda_phi=0.1 --set
+directions, total variation of the drawn growth and delta 20 (RESULTS.md section 3); not
+yet tried at 64^3: `--set simulator.output='volume' --set simulator.head_layers=1 --set
+objective.volume_weight=200.0 --set objective.lambda_phi=0.1 --set
 simulator.population_map='tied' --set objective.growth_smoothness=10.0 --set
-objective.growth_smoothness_norm='l1'` (`benchmarks/study64.sh`'s example trains it beside
-this config).
+objective.growth_smoothness_norm='l1' --set objective.delta=20.0`
+(`benchmarks/study64.sh`'s example trains it beside this config).
 
 Expected run time on one H200 (measured: `python benchmarks/train_step.py --config
 brain3d_64 --repeats 20`, benchmarks/RESULTS.md section 2): 6000 simulator steps of 67.9 ms,
