@@ -99,7 +99,9 @@ otherwise):
   logit ranking weakens (Spearman 0.55-0.58 / 0.30-0.50 against 0.67-0.72 / 0.49-0.75).
   Delta 20 at weight 100 scores 0.862 / 0.845; at 30 no scan reaches delta and the NCC
   stops rising; weight 300 at 20 (seed 2) 0.868 / 0.859 against 0.876 / 0.868; 400 steps
-  at 20 lower the remove maps.
+  at 20 lower the remove maps. Delta 25 at weight 200: 0.879 / 0.860, 0.15 over the growth
+  gradient on all three seeds, but no scan reaches 25 and the ranking weakens further
+  (Spearman 0.48-0.53 / 0.21-0.45); not run through the randomisation check yet.
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
