@@ -103,6 +103,8 @@ otherwise):
   gradient on all three seeds, but no scan reaches 25 and the ranking weakens further
   (Spearman 0.48-0.53 / 0.21-0.45) for 0.006 on average; it passes the randomisation
   check (-0.004 / -0.097), so ``--set objective.delta=25.0`` is there for those maps.
+  25 for 200 steps, then 20 to 300, keeps 20's shares past delta but leaves seed 2 short
+  of that margin (+0.146; 20 alone +0.142 at 200 steps, +0.137 at 300).
 
 Its maps pass the randomisation check in each direction (`benchmarks/randomisation3d.py`;
 0.02 / -0.01 per scan against an untrained classifier's with the head, -0.02 / 0.04
