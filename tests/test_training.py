@@ -412,6 +412,47 @@ def test_a_cosine_run_refuses_to_resume_with_more_steps(trained_classifier, tmp_
         train_simulator(more, workdir)
 
 
+def test_change_objective_resumes_under_the_new_objective(trained_classifier, tmp_path, capsys):
+    """A schedule: 3 steps at cycle weight 1, then 3 at 2. Without ``change_objective``
+    the checkpoint is refused; with it (``train-simulator --change-objective``) the run goes
+    on from step 3 (its parameters and Adam state, not a restart) under the new weight, and
+    the final checkpoint records it. Settings outside ``objective`` stay refused."""
+    import shutil
+
+    from train.simulator import load_simulator
+
+    src, _ = trained_classifier
+    first = _copy_classifier(src, tmp_path / "schedule")
+    assert tiny_config().objective.cycle_weight == 1.0
+    train_simulator(tiny_config("simulator_optim.steps=3"), first)
+    shutil.copytree(first, tmp_path / "same")
+    doubled = tiny_config("objective.cycle_weight=2.0")
+    with pytest.raises(CheckpointMismatchError, match="cycle_weight: checkpoint 1.0, now 2.0"):
+        train_simulator(doubled, first)
+    with pytest.raises(CheckpointMismatchError, match="simulator.features"):
+        train_simulator(tiny_config("simulator.features=(4, 8)"), first, change_objective=True)
+    sets = [a for s in TINY + ["objective.cycle_weight=2.0"] for a in ("--set", s)]
+    command = ["train-simulator", "--config", "synth2d", "--workdir", str(first)]
+    assert cli_main(command + sets + ["--change-objective"]) == 0
+    assert "resuming step 3 with objective.cycle_weight" in capsys.readouterr().err
+    train_simulator(tiny_config(), tmp_path / "same")
+    scheduled = load_metrics(first / "simulator" / "metrics.jsonl")
+    plain = load_metrics(tmp_path / "same" / "simulator" / "metrics.jsonl")
+    assert [line["step"] for line in scheduled] == [1, 2, 3, 4, 5, 6]
+    assert scheduled[:3] == plain[:3]
+    # Step 4 starts from the same state and batch in both runs: the same forward pass, so
+    # the cycle term is twice the plain run's and the rest of the loss the same; from the
+    # step after, the parameters differ.
+    now, then = scheduled[3], plain[3]
+    np.testing.assert_allclose(now["cycle"], 2 * then["cycle"], rtol=1e-5)
+    np.testing.assert_allclose(now["loss"] - now["cycle"], then["loss"] - then["cycle"], rtol=1e-5)
+    assert now["cycle"] > 0 and scheduled[4]["shift_inject"] != plain[4]["shift_inject"]
+    sample = np.zeros((2, 32, 32, 1), np.float32)
+    load_simulator(doubled, first, sample)
+    with pytest.raises(CheckpointMismatchError, match="--change-objective"):
+        load_simulator(tiny_config(), first, sample)
+
+
 def test_simulator_seed_gives_another_simulator_of_the_same_data(trained_classifier, tmp_path):
     """``simulator_seed`` changes the simulator's initialisation and batches, nothing else:
     equal to ``seed`` it is the default run (folder ``simulator``); another value trains

@@ -47,21 +47,42 @@ class Checkpoints:
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return restored["meta"]
 
-    def restore(self, template: Any, *, expected_meta: dict, step: int | None = None) -> Any:
+    def differences(self, expected_meta: dict, step: int | None = None) -> list[str]:
+        """The settings (``"objective.delta: checkpoint 25.0, now 20.0"``) in which the
+        checkpoint at ``step`` (default latest) differs from ``expected_meta``."""
+        meta = self.read_meta(step)
+        return _differences(meta.get("config", {}), expected_meta.get("config", {}))
+
+    def restore(
+        self,
+        template: Any,
+        *,
+        expected_meta: dict,
+        step: int | None = None,
+        may_differ: tuple[str, ...] = (),
+    ) -> Any:
         """Restore the state at ``step`` (default latest) into the structure of ``template``.
 
         Raises ``CheckpointMismatchError`` naming the differing settings when the checkpoint
         was written for another configuration, instead of a shape error from deep inside.
+        Settings whose name starts with one of ``may_differ`` (e.g. ``"objective."``) may
+        differ.
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        meta = self.read_meta(step)
-        differences = _differences(meta.get("config", {}), expected_meta.get("config", {}))
+        differences = [
+            d for d in self.differences(expected_meta, step) if not d.startswith(may_differ)
+        ]
         if differences:
             raise CheckpointMismatchError(
                 f"checkpoint {self.directory}/{step} was written for another configuration "
                 f"({'; '.join(differences[:5])}); use a new workdir or the same config"
+                + (
+                    " (or train-simulator --change-objective to go on under another objective)"
+                    if all(d.startswith("objective.") for d in differences)
+                    else ""
+                )
             )
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))

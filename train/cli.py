@@ -40,7 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
         "train-simulator": "train the simulator G against the frozen classifier of WORKDIR",
     }
     for name, help_text in commands.items():
-        _add_training_options(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _add_training_options(command)
+        if name != "train-simulator":
+            continue
+        command.add_argument(
+            "--change-objective",
+            action="store_true",
+            help="resume a simulator checkpoint written under other objective.* settings and "
+            "train on under the ones given (a schedule: e.g. objective.delta=25.0 for 200 steps, "
+            "then --set objective.delta=20.0 --set simulator_optim.steps=300 --change-objective); "
+            "the checkpoints from then on record the new settings",
+        )
 
     data = sub.add_parser(
         "synth2d",
@@ -132,7 +143,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.command in ("train", "train-classifier"):
         summary["classifier"] = train_classifier(config, args.workdir)
     if args.command in ("train", "train-simulator"):
-        summary["simulator"] = train_simulator(config, args.workdir)
+        summary["simulator"] = train_simulator(
+            config, args.workdir, change_objective=getattr(args, "change_objective", False)
+        )
     return summary
 
 

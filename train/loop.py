@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,12 @@ def run(
     desc: str,
     examples_per_step: int,
     mesh,
+    may_differ: tuple[str, ...] = (),
 ) -> dict:
     """Train ``state`` to ``optim.steps`` steps, resuming from ``workdir`` if it holds a
-    checkpoint written for the same ``meta``.
+    checkpoint written for the same ``meta`` (but for the settings that start with one of
+    ``may_differ``, which are reported; the checkpoints written from then on record
+    ``meta``).
 
     ``step_fn(state, batch) -> (state, metrics)`` is the jitted step (it donates ``state``);
     ``batch_fn(step)`` gives the batch of a step, a pure function of the step so a resumed
@@ -53,8 +57,11 @@ def run(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=keep)
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state, expected_meta=meta)
+    if (resumed := checkpoints.latest_step()) is not None:
+        changed = [d for d in checkpoints.differences(meta) if d.startswith(may_differ)]
+        if changed and jax.process_index() == 0:
+            print(f"{desc}: resuming step {resumed} with {'; '.join(changed)}", file=sys.stderr)
+        state = checkpoints.restore(state, expected_meta=meta, may_differ=may_differ)
     state = parallel.put_replicated(state, mesh)
     start = int(state["step"])
     progress = Progress(

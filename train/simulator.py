@@ -182,11 +182,15 @@ def train_simulator(
     dataset: Dataset | None = None,
     mesh=None,
     name: str | None = None,
+    change_objective: bool = False,
 ) -> dict:
     """Train (or resume) the simulator in ``workdir/simulator`` against the classifier
     trained in ``workdir/classifier``, which stays frozen (inference mode, no gradient).
     ``name`` is the simulator's folder in ``workdir`` (several simulators, e.g. ablations,
-    can explain one classifier); by default `simulator_folder`.
+    can explain one classifier); by default `simulator_folder`. ``change_objective``
+    resumes a checkpoint written under other ``objective`` settings (a schedule, e.g. delta
+    25 for 200 steps, then 20): training goes on with the parameters and optimizer state
+    as they were, under ``config.objective``, which the checkpoints from then on record.
 
     Each step takes ``batch_size`` training controls (disease injected) and as many
     training patients (disease removed). Writes ``checkpoints/``, ``metrics.jsonl`` and
@@ -224,6 +228,7 @@ def train_simulator(
         desc="simulator",
         examples_per_step=2 * optim.batch_size,
         mesh=mesh,
+        may_differ=("objective.",) if change_objective else (),
     )
     variables = jax.device_get(variables_of(state))
     summary = {"step": int(state["step"]),
