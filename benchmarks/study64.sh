@@ -12,10 +12,10 @@
 # OUTDIR receives the cohort's log, classifier.tar (its checkpoint, summary and metrics) and
 # study3d.sh's results.tar.gz and checkpoints. E.g., brain3d_64 as it is against brain3d_32's
 # settings (a volume output with a full-resolution head, the volume term, the tied population
-# map, total variation of the growth, delta 20):
+# map, total variation of the growth, delta 22.5):
 #
 #   benchmarks/study64.sh /tmp/s64 520 v64:3000 \
-#       "vol64:3000:simulator.output='volume';simulator.head_layers=1;objective.volume_weight=200.0;objective.lambda_phi=0.1;simulator.population_map='tied';objective.growth_smoothness=10.0;objective.growth_smoothness_norm='l1';objective.delta=20.0"
+#       "vol64:3000:simulator.output='volume';simulator.head_layers=1;objective.volume_weight=200.0;objective.lambda_phi=0.1;simulator.population_map='tied';objective.growth_smoothness=10.0;objective.growth_smoothness_norm='l1';objective.delta=22.5"
 #
 # SIZE, N and CONFIG override 64, 200 and brain3d_64 for the cohort written (a CPU smoke test
 # with a trained brain3d_32 classifier, 2 minutes on 2 cores: SIZE=32 N=4

@@ -13,11 +13,11 @@ simulator.zero_init_output=False --set objective.lambda_phi=0.02 --set
 objective.change_weight=0.0 --set objective.simulated_batch_norm='batch'`. `brain3d_32`
 has since added a simulator that draws the log volume change with a full-resolution head,
 a strong volume term with a weaker smoothness term, a population map tied between the
-directions, total variation of the drawn growth and delta 20 (RESULTS.md section 3); not
+directions, total variation of the drawn growth and delta 22.5 (RESULTS.md section 3); not
 yet tried at 64^3: `--set simulator.output='volume' --set simulator.head_layers=1 --set
 objective.volume_weight=200.0 --set objective.lambda_phi=0.1 --set
 simulator.population_map='tied' --set objective.growth_smoothness=10.0 --set
-objective.growth_smoothness_norm='l1' --set objective.delta=20.0`
+objective.growth_smoothness_norm='l1' --set objective.delta=22.5`
 (`benchmarks/study64.sh`'s example trains it beside this config).
 
 Expected run time on one H200 (measured: `python benchmarks/train_step.py --config
