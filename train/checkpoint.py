@@ -10,9 +10,11 @@ complete, so a crash never leaves a half-written checkpoint that looks complete.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -47,12 +49,6 @@ class Checkpoints:
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return restored["meta"]
 
-    def differences(self, expected_meta: dict, step: int | None = None) -> list[str]:
-        """The settings (``"objective.delta: checkpoint 25.0, now 20.0"``) in which the
-        checkpoint at ``step`` (default latest) differs from ``expected_meta``."""
-        meta = self.read_meta(step)
-        return _differences(meta.get("config", {}), expected_meta.get("config", {}))
-
     def restore(
         self,
         template: Any,
@@ -66,14 +62,15 @@ class Checkpoints:
         Raises ``CheckpointMismatchError`` naming the differing settings when the checkpoint
         was written for another configuration, instead of a shape error from deep inside.
         Settings whose name starts with one of ``may_differ`` (e.g. ``"objective."``) may
-        differ.
+        differ; those that do are reported on stderr.
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        differences = [
-            d for d in self.differences(expected_meta, step) if not d.startswith(may_differ)
-        ]
+        meta = self.read_meta(step)
+        differences, changed = [], []
+        for d in _differences(meta.get("config", {}), expected_meta.get("config", {})):
+            (changed if d.startswith(may_differ) else differences).append(d)
         if differences:
             raise CheckpointMismatchError(
                 f"checkpoint {self.directory}/{step} was written for another configuration "
@@ -83,6 +80,10 @@ class Checkpoints:
                     if all(d.startswith("objective.") for d in differences)
                     else ""
                 )
+            )
+        if changed and jax.process_index() == 0:
+            print(
+                f"{self.directory}: resuming step {step} with {'; '.join(changed)}", file=sys.stderr
             )
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,10 +56,7 @@ def run(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=keep)
-    if (resumed := checkpoints.latest_step()) is not None:
-        changed = [d for d in checkpoints.differences(meta) if d.startswith(may_differ)]
-        if changed and jax.process_index() == 0:
-            print(f"{desc}: resuming step {resumed} with {'; '.join(changed)}", file=sys.stderr)
+    if checkpoints.latest_step() is not None:
         state = checkpoints.restore(state, expected_meta=meta, may_differ=may_differ)
     state = parallel.put_replicated(state, mesh)
     start = int(state["step"])
