@@ -703,6 +703,23 @@ def test_seed_summary_reads_explain_outputs(run, tmp_path, capsys):
     low = min(0.5, numbers["group_remove"])
     assert f"worst seed {low:.3f} missed" in verdict
 
+    # The sign target reads on the regions the classifier uses; every region is counted
+    # beside it: one seed right in its one used region but wrong in two others...
+    signs = {"regions_inject": 5, "regions_remove": 5, "used_inject": 1, "used_remove": 1}
+    right = {**signs, "sign_all_inject": 5, "sign_all_remove": 5}
+    right.update(sign_used_inject=1, sign_used_remove=1)
+    partly = {**right, "sign_all_inject": 3}
+    sign_line = lambda seeds: next(  # noqa: E731
+        x for x in seeds3d.table(seeds, ["a", "b"]).splitlines() if "- right sign" in x
+    )
+    line = sign_line([{**numbers, **right}, {**numbers, **partly}])
+    assert "classifier uses, every seed: met (inject 1/1, 1/1; remove 1/1, 1/1)" in line
+    assert "in every truth region: missed (inject 5/5, 3/5; remove 5/5, 5/5)" in line
+    # ... and one wrong in the region it uses
+    line = sign_line([{**numbers, **right}, {**numbers, **partly, "sign_used_remove": 0}])
+    assert "classifier uses, every seed: missed (inject 1/1, 1/1; remove 1/1, 0/1)" in line
+    assert "in every truth region: met" not in sign_line([{**numbers, **partly}] * 2)
+
     # The command line: one table, the numbers as JSON, a missing folder named.
     target = tmp_path / "seeds.json"
     seeds3d.main(["--explain", str(out), str(out), "--labels", "a", "b", "--json", str(target)])
