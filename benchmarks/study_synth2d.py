@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -230,6 +231,23 @@ VARIANTS = {
     # the synth2d config computed in bfloat16 (float32 parameters): does the speed of
     # bfloat16 on accelerators (benchmarks/RESULTS.md section 2) cost explanation quality?
     "jaxinterp_bf16": (*synth2d_config.SETTINGS, "dtype='bfloat16'"),
+    # the synth2d config keeping every checkpoint from step 500 on (the same run: what
+    # averaging the weights, or the maps, of its last checkpoints does, `--snapshots`)
+    "jaxinterp_keep": (*synth2d_config.SETTINGS, "keep_checkpoints=16"),
+    # one learned log-gain map shared by every image, added with + to inject's network output
+    # and with - to remove's (`brain3d_32`'s tied population map, in 2D), at the map's SGD
+    # rate and at ten times and a tenth of it
+    "jaxinterp_tied_map": (*synth2d_config.SETTINGS, "simulator.population_map='tied'"),
+    "jaxinterp_tied_map_lr_0.5": (
+        *synth2d_config.SETTINGS,
+        "simulator.population_map='tied'",
+        "simulator_optim.population_learning_rate=0.5",
+    ),
+    "jaxinterp_tied_map_lr_0.005": (
+        *synth2d_config.SETTINGS,
+        "simulator.population_map='tied'",
+        "simulator_optim.population_learning_rate=0.005",
+    ),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
@@ -301,6 +319,48 @@ def average_of_variants(run: Path, seed: int, names: list[str]) -> dict:
             for label, direction in ((0, "inject"), (1, "remove"))
         },
     }
+
+
+def snapshot_averages(run: Path, seed: int, variant: str, last: int) -> list[dict]:
+    """One run's last checkpoints combined two ways, for K = 1 .. ``last`` of them: the
+    simulator with their parameters averaged (one network, as a running average of the
+    weights would give) and the mean of their maps (K networks). The variant must keep that
+    many checkpoints (``keep_checkpoints``); returns one row per K and way, scored as
+    `run_variant` scores, with the Spearman correlation of raw and simulated logits."""
+    workdir = run / f"seed{seed}"
+    config, dataset, images, labels, truth = seed_data(seed, variant)
+    _, clf_vars = load_classifier(config, workdir, dataset.images)
+    logits = lambda x: np.asarray(predict_logits(Classifier(config.classifier), clf_vars, x))
+    folder = workdir / simulator_name(variant) / "checkpoints"
+    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())[-last:][::-1]
+    if len(steps) < last:
+        raise SystemExit(f"{folder}: {len(steps)} checkpoints, not {last} (keep_checkpoints?)")
+    members = []
+    for step in steps:  # the last first
+        model, variables = load_simulator(
+            config, workdir, dataset.images, name=simulator_name(variant), step=step
+        )
+        pattern, simulated, _ = simulator_patterns(model, variables, images, labels)
+        members.append((variables, pattern, logits(simulated)))
+    raw = logits(images)
+
+    def rho(simulated):
+        return {direction: spearman(raw[labels == label], simulated[labels == label])
+                for label, direction in ((0, "inject"), (1, "remove"))}  # fmt: skip
+
+    rows = []
+    for k in range(1, last + 1):
+        weights = jax.tree.map(lambda *v: np.mean(v, axis=0), *[m[0] for m in members[:k]])
+        one_pattern, one_simulated, _ = simulator_patterns(model, weights, images, labels)
+        for way, pattern, simulated in (
+            ("weights", one_pattern, logits(one_simulated)),
+            ("maps", np.mean([m[1] for m in members[:k]], axis=0),
+             np.mean([m[2] for m in members[:k]], axis=0)),
+        ):  # fmt: skip
+            rows.append({"seed": seed, "variant": variant, "last": k, "steps": steps[:k],
+                         "average_of": way, "ncc": score(pattern, truth, labels),
+                         "spearman_raw_simulated": rho(simulated)})  # fmt: skip
+    return rows
 
 
 def randomisation_check(run: Path, seed: int, variant: str = "paper") -> dict:
@@ -494,7 +554,26 @@ def main() -> None:
         help="what whole-blob scalings cost to move the classifier as far as VARIANT's "
         "simulator does, against that simulator's change, instead",
     )  # fmt: skip
+    parser.add_argument(
+        "--snapshots", nargs=2, metavar=("VARIANT", "K"),
+        help="average the weights, and the maps, of VARIANT's last 1 .. K checkpoints, instead",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.snapshots:
+        variant, last = args.snapshots[0], int(args.snapshots[1])
+        print("| seed | last checkpoints | average of | signed | inject | remove | Spearman |")
+        print("|---|---|---|---|---|---|---|")
+        for seed in args.seeds:
+            for row in snapshot_averages(Path(args.run), seed, variant, last):
+                n, rho = row["ncc"], row["spearman_raw_simulated"]
+                print(f"| {seed} | {row['last']} ({row['steps'][-1]}-{row['steps'][0]}) | "
+                      f"{row['average_of']} | {n['signed']['mean']:.3f} | "
+                      f"{n['signed_controls']['mean']:.3f} | {n['signed_patients']['mean']:.3f} "
+                      f"| {rho['inject']:.3f} / {rho['remove']:.3f} |", flush=True)  # fmt: skip
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+        return
     if args.cheapest:
         for seed in args.seeds:
             result = {"seed": seed, "variant": args.cheapest,
