@@ -13,10 +13,9 @@ per-scan NCC with each scan's own truth, how many truth regions get the right si
 them, and those the classifier uses, on which the sign target reads), how many scans move
 past delta, the Spearman correlation of raw and simulated logits, the best baseline's and
 the best classic saliency map's group NCC and the simulator's margin over each, and the
-trivial references; then
-the mean, the standard deviation and the worst seed, and each target of issue 7 read on
-the mean and on the worst seed. The classifier's test accuracy comes from the explained
-workdir's ``classifier/summary.json`` where there is one.
+trivial references; then the mean, the standard deviation and the worst seed, and each
+target of issue 7 read on the mean and on the worst seed. The classifier's test accuracy
+comes from the explained workdir's ``classifier/summary.json`` where there is one.
 
 A baseline is any map of kind ``saliency`` or ``occlusion`` in ``evaluation.json`` (the
 classic saliency methods on each group, the growth gradient, occlusion), a classic one any

@@ -235,19 +235,8 @@ VARIANTS = {
     # averaging the weights, or the maps, of its last checkpoints does, `--snapshots`)
     "jaxinterp_keep": (*synth2d_config.SETTINGS, "keep_checkpoints=16"),
     # one learned log-gain map shared by every image, added with + to inject's network output
-    # and with - to remove's (`brain3d_32`'s tied population map, in 2D), at the map's SGD
-    # rate and at ten times and a tenth of it
+    # and with - to remove's (`brain3d_32`'s tied population map, in 2D)
     "jaxinterp_tied_map": (*synth2d_config.SETTINGS, "simulator.population_map='tied'"),
-    "jaxinterp_tied_map_lr_0.5": (
-        *synth2d_config.SETTINGS,
-        "simulator.population_map='tied'",
-        "simulator_optim.population_learning_rate=0.5",
-    ),
-    "jaxinterp_tied_map_lr_0.005": (
-        *synth2d_config.SETTINGS,
-        "simulator.population_map='tied'",
-        "simulator_optim.population_learning_rate=0.005",
-    ),
     "residual_smooth_coords_bn_running": (
         "simulator.output='residual'",
         "objective.lambda_phi=1.0",
@@ -314,10 +303,16 @@ def average_of_variants(run: Path, seed: int, names: list[str]) -> dict:
     return {
         "ncc": score(np.mean(patterns, axis=0), truth, labels),
         "reference_image": score(images[..., 0], truth, labels),
-        "spearman_raw_simulated": {
-            direction: spearman(raw[labels == label], mean_simulated[labels == label])
-            for label, direction in ((0, "inject"), (1, "remove"))
-        },
+        "spearman_raw_simulated": spearman_by_direction(raw, mean_simulated, labels),
+    }
+
+
+def spearman_by_direction(raw: np.ndarray, simulated: np.ndarray, labels: np.ndarray) -> dict:
+    """Spearman correlation of raw and simulated logits: inject on the controls (label 0),
+    remove on the patients (label 1)."""
+    return {
+        direction: spearman(raw[labels == label], simulated[labels == label])
+        for label, direction in ((0, "inject"), (1, "remove"))
     }
 
 
@@ -343,11 +338,7 @@ def snapshot_averages(run: Path, seed: int, variant: str, last: int) -> list[dic
         pattern, simulated, _ = simulator_patterns(model, variables, images, labels)
         members.append((variables, pattern, logits(simulated)))
     raw = logits(images)
-
-    def rho(simulated):
-        return {direction: spearman(raw[labels == label], simulated[labels == label])
-                for label, direction in ((0, "inject"), (1, "remove"))}  # fmt: skip
-
+    rho = lambda simulated: spearman_by_direction(raw, simulated, labels)
     rows = []
     for k in range(1, last + 1):
         weights = jax.tree.map(lambda *v: np.mean(v, axis=0), *[m[0] for m in members[:k]])
